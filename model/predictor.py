@@ -1,0 +1,172 @@
+"""A trained (or explicitly untrained) SNE predictor: weights, card, calibration and OOD reference.
+
+A predictor directory holds `model.safetensors` (SNE weights), `card.json` (config, zoo, splits, metrics,
+conformal quantiles, OOD threshold) and `reference.safetensors` (embeddings of the training zoo, for the
+out-of-distribution score). The service and `sne encode/gate --local` use it through `predict()`.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from datetime import date
+from pathlib import Path
+from typing import Sequence
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from model.checkpoint import Checkpoint
+from model.chunking import ChunkedLayer, chunk_checkpoint
+from model.config import SNEConfig, get_config
+from model.packing import PackedBatch, pack
+from model.sne import SNE
+
+DEFAULT_PREDICTOR_DIR = Path(__file__).parent / "predictors" / "default"
+DEFAULT_LEVEL = "0.90"
+OOD_K = 5
+
+
+@dataclass
+class Prediction:
+    embedding: list[float]
+    layer_embeddings: list[list[float]]
+    accuracy: float
+    gap: float | None
+    low: float
+    high: float
+    coverage: float | None  # nominal coverage of [low, high]; None when uncalibrated
+    ood_score: float | None
+    ood_flag: bool
+
+
+def knn_score(emb: torch.Tensor, reference: torch.Tensor, k: int = OOD_K) -> torch.Tensor:
+    """Mean Euclidean distance to the k nearest reference embeddings (larger = farther from the zoo)."""
+    d = torch.cdist(emb.float(), reference.float())
+    return d.topk(min(k, reference.shape[0]), largest=False).values.mean(-1)
+
+
+class Predictor:
+    """SNE weights plus what the service needs to answer honestly about them."""
+
+    def __init__(self, model: SNE, card: dict, reference: torch.Tensor | None = None) -> None:
+        self.model = model.eval()
+        self.card = card
+        self.reference = reference
+        self.device = torch.device("cpu")
+
+    # ----------------------------------------------------------------------------------- identity
+    @property
+    def config(self) -> SNEConfig:
+        return self.model.cfg
+
+    @property
+    def name(self) -> str:
+        return self.card["name"]
+
+    @property
+    def version(self) -> str:
+        return self.card["version"]
+
+    @property
+    def trained(self) -> bool:
+        return bool(self.card.get("trained", False))
+
+    # ----------------------------------------------------------------------------------- load/save
+    @classmethod
+    def load(cls, path: str | Path | None = None) -> "Predictor":
+        """The predictor at `path`; with None the shipped default, or an untrained one if none ships."""
+        if path is None:
+            if not (DEFAULT_PREDICTOR_DIR / "card.json").exists():
+                return cls.untrained()
+            path = DEFAULT_PREDICTOR_DIR
+        path = Path(path)
+        card = json.loads((path / "card.json").read_text())
+        model = SNE(SNEConfig(**card["config"]))
+        model.load_state_dict(load_file(path / "model.safetensors"))
+        ref_path = path / "reference.safetensors"
+        reference = load_file(ref_path)["embeddings"].float() if ref_path.exists() else None
+        return cls(model, card, reference)
+
+    @classmethod
+    def untrained(cls, config: str = "small", seed: int = 0) -> "Predictor":
+        """Randomly initialised weights, labelled as such: predictions carry no information."""
+        torch.manual_seed(seed)
+        model = SNE(get_config(config))
+        card = {
+            "name": f"sne-{config}-untrained",
+            "version": f"untrained-{weights_digest(model)}",
+            "trained": False,
+            "created": date.today().isoformat(),
+            "config": model.cfg.model_dump(),
+            "note": "UNTRAINED: random weights; predicted accuracies are meaningless. Train one with `sne train`.",
+            "metrics": {},
+            "conformal": {},
+            "ood": {},
+        }
+        return cls(model, card)
+
+    def save(self, path: str | Path) -> None:
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        save_file({k: v.detach().cpu().contiguous() for k, v in self.model.state_dict().items()}, path / "model.safetensors")
+        if self.reference is not None:
+            save_file({"embeddings": self.reference.to(torch.float16).contiguous()}, path / "reference.safetensors")
+        (path / "card.json").write_text(json.dumps(self.card, indent=2) + "\n")
+
+    def to(self, device: str | torch.device) -> "Predictor":
+        self.device = torch.device(device)
+        self.model.to(self.device)
+        if self.reference is not None:
+            self.reference = self.reference.to(self.device)
+        return self
+
+    # ----------------------------------------------------------------------------------- inference
+    def chunk(self, ckpt: Checkpoint) -> list[ChunkedLayer]:
+        return chunk_checkpoint(ckpt, self.config.chunk_size)
+
+    @torch.no_grad()
+    def predict_packed(self, batch: PackedBatch, autocast: torch.dtype | None = None) -> list[Prediction]:
+        batch = batch.to(self.device)
+        with torch.autocast(self.device.type, dtype=autocast, enabled=autocast is not None):
+            out = self.model(batch)
+        emb = out.embedding.float()
+        acc = out.accuracy.float().cpu()
+        gap = out.gap.float().cpu() if self.card.get("predicts_gap") else None
+        q = self.card.get("conformal", {}).get("accuracy", {}).get(DEFAULT_LEVEL)
+        ood = self.card.get("ood", {})
+        score = knn_score(emb, self.reference).cpu() if self.reference is not None else None
+        layers = out.layer_embeddings.float().cpu()
+        results = []
+        for i in range(batch.n_checkpoints):
+            a = float(acc[i])
+            s = float(score[i]) if score is not None else None
+            lo, hi = (max(0.0, a - q), min(1.0, a + q)) if q is not None else (0.0, 1.0)
+            start, n = int(batch.ckpt_start[i]), int(batch.ckpt_len[i])
+            results.append(
+                Prediction(
+                    embedding=emb[i].cpu().tolist(),
+                    layer_embeddings=layers[start : start + n].tolist(),
+                    accuracy=a,
+                    gap=float(gap[i]) if gap is not None else None,
+                    low=lo,
+                    high=hi,
+                    coverage=float(DEFAULT_LEVEL) if q is not None else None,
+                    ood_score=s,
+                    ood_flag=bool(s is not None and ood.get("threshold") is not None and s > ood["threshold"]),
+                )
+            )
+        return results
+
+    def predict(self, checkpoints: Sequence[Checkpoint], autocast: torch.dtype | None = None) -> list[Prediction]:
+        """Predictions for parsed checkpoints, all in one packed forward."""
+        return self.predict_packed(pack([self.chunk(c) for c in checkpoints]), autocast)
+
+
+def weights_digest(model: torch.nn.Module) -> str:
+    """Short content hash of the weights: the predictor version, so cache keys change with the weights."""
+    h = hashlib.sha256()
+    for k, v in sorted(model.state_dict().items()):
+        h.update(k.encode())
+        h.update(v.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:12]

@@ -1,0 +1,101 @@
+import pytest
+import torch
+
+from model.checkpoint import load_checkpoint
+from model.chunking import Chunks, ChunkedLayer, chunk_checkpoint
+from model.config import CONFIGS, SNEConfig
+from model.packing import pack
+from model.sne import SNE
+from safetensors.torch import save
+from tests.nets import BUILDERS, checkpoint_bytes
+
+CFG = SNEConfig(name="test", chunk_size=16, hidden=16, encoding=24, heads=2, head_hidden=16, slice_tokens=512)
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    return SNE(CFG).eval()
+
+
+@pytest.fixture(scope="module")
+def chunked():
+    return {n: chunk_checkpoint(load_checkpoint(checkpoint_bytes(n, seed=i)), CFG.chunk_size) for i, n in enumerate(BUILDERS)}
+
+
+@torch.no_grad()
+def test_mixed_batch_equals_alone(model, chunked):
+    names = list(chunked)
+    alone = {n: model(pack([chunked[n]])) for n in names}
+    order = names + names[::-1]
+    both = model(pack([chunked[n] for n in order]))
+    for i, n in enumerate(order):
+        assert torch.allclose(both.embedding[i], alone[n].embedding[0], atol=1e-5), n
+        assert torch.allclose(both.logit[i], alone[n].logit[0], atol=1e-5), n
+    # per-layer embeddings come back in checkpoint order
+    batch = pack([chunked[n] for n in order])
+    for i, n in enumerate(order):
+        s, k = int(batch.ckpt_start[i]), int(batch.ckpt_len[i])
+        assert torch.allclose(both.layer_embeddings[s : s + k], alone[n].layer_embeddings, atol=1e-5)
+
+
+@torch.no_grad()
+def test_padding_never_changes_output(model, chunked):
+    layers = chunked["arch2"]
+    base = model(pack([layers])).embedding
+    # same real values, padding filled with garbage: the masks must hide it
+    noisy = []
+    for layer in layers:
+        parts = []
+        for role, ch in layer.parts:
+            v = ch.padded().clone()
+            v[~ch.mask] = torch.randn(int((~ch.mask).sum())) * 100
+            parts.append((role, Chunks(v, ch.lengths, ch.size)))
+        noisy.append(ChunkedLayer(layer.name, layer.kind, layer.level, parts))
+    assert torch.allclose(model(pack([noisy])).embedding, base, atol=1e-5)
+    # same network padded to a wider slice grouping (different slicing of the packed tensors)
+    wide = SNE(CFG.model_copy(update={"slice_tokens": 100_000}))
+    wide.load_state_dict(model.state_dict())
+    assert torch.allclose(wide.eval()(pack([layers])).embedding, base, atol=1e-5)
+
+
+@torch.no_grad()
+def test_deterministic(chunked):
+    outs = []
+    for _ in range(2):
+        torch.manual_seed(1)
+        m = SNE(CFG).eval()
+        outs.append(m(pack([chunked["resnet"], chunked["transformer"]])).embedding)
+        outs.append(m(pack([chunked["resnet"], chunked["transformer"]])).embedding)
+    assert all(torch.equal(outs[0], o) for o in outs[1:])
+
+
+@torch.no_grad()
+def test_one_layer_network(model):
+    ck = load_checkpoint(save({"fc.weight": torch.randn(3, 2)}))
+    out = model(pack([chunk_checkpoint(ck, CFG.chunk_size)]))
+    assert out.embedding.shape == (1, CFG.encoding)
+    assert 0 < float(out.accuracy) < 1 and torch.isfinite(out.embedding).all()
+
+
+@torch.no_grad()
+def test_different_networks_differ(model, chunked):
+    out = model(pack([chunked["arch1"], chunked["mlp"]]))
+    assert not torch.allclose(out.embedding[0], out.embedding[1], atol=1e-3)
+
+
+def test_every_parameter_gets_gradient(chunked):
+    torch.manual_seed(0)
+    m = SNE(CFG)
+    out = m(pack([chunked["arch1"], chunked["mlp"]]))
+    (out.logit.sum() + out.gap.sum()).backward()
+    missing = [n for n, p in m.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
+    assert not missing
+
+
+def test_named_configs():
+    assert CONFIGS["paper"].hidden == 512 and CONFIGS["paper"].encoding == 1024 and CONFIGS["paper"].chunk_size == 32
+    assert CONFIGS["paper"].sab_blocks == 2 and CONFIGS["paper"].head_hidden == 1000
+    assert CONFIGS["small"].hidden < CONFIGS["paper"].hidden
+    with pytest.raises(ValueError):
+        SNE(SNEConfig(hidden=30, heads=4))
