@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Regenerates everything behind the shipped default predictor, from nothing, on a CPU machine:
+#   model zoos -> SNE training (with and without LIR) -> evaluation against STATNN/MLP -> model/predictors/default.
+# Sizes are set for 2 CPU cores; override with the variables below. Each step resumes if interrupted.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+SNE=${SNE:-.venv/bin/sne}
+RUNS_A=${RUNS_A:-400}       # arch1 x digits: the zoo the default predictor learns from
+RUNS_B=${RUNS_B:-150}       # arch1 x shapes: second dataset, for cross-dataset transfer
+RUNS_ARCH2=${RUNS_ARCH2:-50}  # arch2 zoos: test-only, for cross-architecture transfer
+EPOCHS=${EPOCHS:-6}
+MAX_TRAIN=${MAX_TRAIN:-1200}
+MAX_EVAL=${MAX_EVAL:-400}
+TRAIN_ARGS=(--config small --epochs "$EPOCHS" --max-train "$MAX_TRAIN" --max-eval "$MAX_EVAL")
+
+$SNE zoo --out zoos/arch1-digits --arch arch1 --dataset digits --runs "$RUNS_A"
+$SNE zoo --out zoos/arch1-shapes --arch arch1 --dataset shapes --runs "$RUNS_B"
+$SNE zoo --out zoos/arch2-digits --arch arch2 --dataset digits --runs "$RUNS_ARCH2"
+$SNE zoo --out zoos/arch2-shapes --arch arch2 --dataset shapes --runs "$RUNS_ARCH2"
+
+$SNE train --zoo zoos/arch1-digits --out runs/digits "${TRAIN_ARGS[@]}" --name sne-small-digits
+$SNE train --zoo zoos/arch1-shapes --out runs/shapes "${TRAIN_ARGS[@]}" --name sne-small-shapes
+$SNE train --zoo zoos/arch1-digits --out runs/digits-nolir "${TRAIN_ARGS[@]}" --lir-weight 0 --name sne-small-digits-nolir
+
+$SNE eval --predictor runs/digits --predictor runs/shapes \
+  --zoo zoos/arch1-digits --zoo zoos/arch1-shapes --zoo zoos/arch2-digits --zoo zoos/arch2-shapes \
+  --unregularized runs/digits-nolir --out eval --update-card
+
+rm -rf model/predictors/default && mkdir -p model/predictors/default
+cp runs/digits/model.safetensors runs/digits/card.json runs/digits/reference.safetensors model/predictors/default/
+cp eval/results.md eval/results.json model/predictors/default/
+echo "default predictor written to model/predictors/default"
