@@ -1,0 +1,264 @@
+"""The result cache: Redis when `SNE_REDIS_URL` is set, an in-process LRU otherwise.
+
+Key: `<SNE_CACHE_PREFIX><predictor version>:<sha256 of the upload>`, so a new predictor never serves old
+answers. Value: a compact binary record (`pack_result`): a magic tag, a small JSON header with the scalars
+and the layer table, then the network embedding and the layer embeddings as raw little-endian float32 —
+about 4 bytes a float instead of ~20 as JSON text.
+
+Redis failures never fail a request: the lookup counts as a miss, `sne_cache_errors_total` goes up, and
+Redis is skipped for a backoff (`SNE_REDIS_RETRY_SECONDS`, doubling per consecutive failure, at most 60 s)
+after which the next call tries again (redis-py reconnects by itself). Every lookup counts as exactly one
+hit or one miss (`sne_cache_hits_total` / `sne_cache_misses_total`).
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import struct
+import time
+from collections import OrderedDict
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+
+from app.metrics import CACHE_ERRORS, CACHE_HITS, CACHE_MISSES
+from app.parsing import LayerRow
+from app.results import EncodeResult
+from app.settings import Settings
+
+log = logging.getLogger("sne.cache")
+
+MAGIC = b"SNE1"
+_HEAD = struct.Struct("<4sI")  # magic, JSON header length
+MAX_BACKOFF_SECONDS = 60.0
+
+
+# --------------------------------------------------------------------------------------------- codec
+
+
+def cache_key(prefix: str, predictor_version: str, sha256: str) -> str:
+    return f"{prefix}{predictor_version}:{sha256}"
+
+
+def pack_result(r: EncodeResult) -> bytes:
+    """`EncodeResult` -> bytes: magic, header length, JSON header, float32 embedding, float32 layer embeddings."""
+    emb = np.ascontiguousarray(r.embedding, dtype="<f4")
+    lemb = np.ascontiguousarray(r.layer_embeddings, dtype="<f4")
+    header = {
+        "acc": r.accuracy,
+        "gap": r.gap,
+        "low": r.low,
+        "high": r.high,
+        "cov": r.coverage,
+        "ood": r.ood_score,
+        "flag": r.ood_flag,
+        "emb": int(emb.shape[0]),
+        "lemb": list(lemb.shape),
+        "layers": [[l.name, l.type, l.level, l.shape, l.parameters, l.chunks] for l in r.layers],
+        "skipped": r.skipped,
+    }
+    raw = json.dumps(header, separators=(",", ":")).encode()
+    return b"".join((_HEAD.pack(MAGIC, len(raw)), raw, emb.tobytes(), lemb.tobytes()))
+
+
+def unpack_result(data: bytes) -> EncodeResult:
+    """Inverse of `pack_result`; `ValueError` when the bytes are not such a record."""
+    try:
+        magic, n = _HEAD.unpack_from(data)
+        if magic != MAGIC:
+            raise ValueError("not an SNE cache record")
+        h = json.loads(data[_HEAD.size : _HEAD.size + n])
+        off = _HEAD.size + n
+        e = int(h["emb"])
+        rows, cols = (int(x) for x in h["lemb"])
+        if len(data) != off + 4 * (e + rows * cols):
+            raise ValueError("cache record has the wrong length")
+        emb = np.frombuffer(data, dtype="<f4", count=e, offset=off).astype(np.float32)
+        lemb = np.frombuffer(data, dtype="<f4", count=rows * cols, offset=off + 4 * e).astype(np.float32)
+        return EncodeResult(
+            embedding=emb,
+            layer_embeddings=lemb.reshape(rows, cols),
+            accuracy=float(h["acc"]),
+            gap=h["gap"],
+            low=float(h["low"]),
+            high=float(h["high"]),
+            coverage=h["cov"],
+            ood_score=h["ood"],
+            ood_flag=bool(h["flag"]),
+            layers=[LayerRow(a, b, c, list(d), p, q) for a, b, c, d, p, q in h["layers"]],
+            skipped=list(h.get("skipped", [])),
+        )
+    except ValueError:
+        raise
+    except Exception as e:  # struct.error, KeyError, TypeError...: a corrupt record
+        raise ValueError(f"corrupt cache record: {type(e).__name__}: {e}") from None
+
+
+# --------------------------------------------------------------------------------------------- caches
+
+
+@runtime_checkable
+class ResultCache(Protocol):
+    """What the service needs from a cache. Implementations never raise on get/set."""
+
+    backend: str
+
+    async def get(self, key: str) -> EncodeResult | None: ...
+
+    async def set(self, key: str, result: EncodeResult) -> None: ...
+
+    async def state(self) -> str:
+        """`up`, `down` or `in-process` (for /readyz)."""
+        ...
+
+    async def close(self) -> None: ...
+
+
+class LRUCache:
+    """In-process LRU of packed records (`SNE_LRU_SIZE` entries; 0 turns caching off)."""
+
+    backend = "lru"
+
+    def __init__(self, max_entries: int) -> None:
+        self.max_entries = max_entries
+        self._data: OrderedDict[str, bytes] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    async def get(self, key: str) -> EncodeResult | None:
+        raw = self._data.get(key)
+        if raw is None:
+            CACHE_MISSES.inc()
+            return None
+        self._data.move_to_end(key)
+        CACHE_HITS.inc()
+        return unpack_result(raw)
+
+    async def set(self, key: str, result: EncodeResult) -> None:
+        if self.max_entries <= 0:
+            return
+        self._data[key] = pack_result(result)
+        self._data.move_to_end(key)
+        while len(self._data) > self.max_entries:
+            self._data.popitem(last=False)
+
+    async def state(self) -> str:
+        return "in-process"
+
+    async def close(self) -> None:
+        self._data.clear()
+
+
+class RedisCache:
+    """Shared cache in Redis (`redis.asyncio`), with a TTL, short timeouts and a backoff when Redis fails."""
+
+    backend = "redis"
+
+    def __init__(self, url: str, ttl_seconds: int, timeout: float = 0.5, retry_seconds: float = 5.0) -> None:
+        import redis.asyncio as redis
+        from redis.asyncio.retry import Retry
+        from redis.backoff import NoBackoff
+
+        self.url = url
+        self.ttl = ttl_seconds
+        self.timeout = timeout
+        self.retry_seconds = retry_seconds
+        # No retries inside redis-py: a down Redis must cost one fast failure, then the backoff below.
+        self._client = redis.Redis.from_url(
+            url, socket_timeout=timeout, socket_connect_timeout=timeout, retry=Retry(NoBackoff(), 0)
+        )
+        self._failures = 0
+        self._down_until = 0.0
+        self.last_error: str | None = None
+
+    @property
+    def down(self) -> bool:
+        return self._failures > 0
+
+    def _skipping(self) -> bool:
+        return self._failures > 0 and time.monotonic() < self._down_until
+
+    def _failed(self, op: str, e: BaseException) -> None:
+        CACHE_ERRORS.inc()
+        self._failures += 1
+        backoff = min(MAX_BACKOFF_SECONDS, self.retry_seconds * 2 ** (self._failures - 1))
+        self._down_until = time.monotonic() + backoff
+        self.last_error = f"{type(e).__name__}: {e}"
+        level = logging.WARNING if self._failures == 1 else logging.DEBUG
+        log.log(level, "redis %s failed (%s); answering without the cache, retrying in %.1fs", op, self.last_error, backoff)
+
+    def _succeeded(self) -> None:
+        if self._failures:
+            log.warning("redis at %s answers again; cache back on", self.url)
+        self._failures = 0
+        self._down_until = 0.0
+        self.last_error = None
+
+    async def _call(self, op: str, coro_fn, *args, **kwargs):
+        """Run one Redis command with a hard deadline; (ok, value)."""
+        try:
+            async with asyncio.timeout(self.timeout * 2 + 0.1):
+                value = await coro_fn(*args, **kwargs)
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:  # ConnectionError, TimeoutError, ResponseError, OSError, ...
+            self._failed(op, e)
+            return False, None
+        self._succeeded()
+        return True, value
+
+    async def get(self, key: str) -> EncodeResult | None:
+        if self._skipping():
+            CACHE_MISSES.inc()
+            return None
+        ok, raw = await self._call("GET", self._client.get, key)
+        if not ok or raw is None:
+            CACHE_MISSES.inc()
+            return None
+        try:
+            result = unpack_result(raw)
+        except ValueError as e:
+            CACHE_ERRORS.inc()
+            CACHE_MISSES.inc()
+            log.warning("ignoring unreadable cache entry %s: %s", key, e)
+            return None
+        CACHE_HITS.inc()
+        return result
+
+    async def set(self, key: str, result: EncodeResult) -> None:
+        if self._skipping():
+            return
+        await self._call("SET", self._client.set, key, pack_result(result), ex=self.ttl if self.ttl > 0 else None)
+
+    async def state(self) -> str:
+        """Ping Redis (also the way back after an outage); never counts as a cache error."""
+        try:
+            async with asyncio.timeout(self.timeout * 2 + 0.1):
+                await self._client.ping()
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:
+            self.last_error = f"{type(e).__name__}: {e}"
+            return "down"
+        self._succeeded()
+        return "up"
+
+    async def close(self) -> None:
+        try:
+            await self._client.aclose()
+        except Exception:  # closing a broken connection must not break shutdown
+            pass
+
+
+def make_cache(settings: Settings) -> ResultCache:
+    """Redis when `redis_url` is set, else the in-process LRU."""
+    if settings.redis_url:
+        return RedisCache(
+            settings.redis_url,
+            settings.cache_ttl_seconds,
+            timeout=settings.redis_timeout_seconds,
+            retry_seconds=settings.redis_retry_seconds,
+        )
+    return LRUCache(settings.lru_size)

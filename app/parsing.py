@@ -1,0 +1,91 @@
+"""Turn an upload into what the worker needs: parse, guard, chunk, and describe the layers.
+
+`parse_upload` is plain blocking code (safetensors reading, float32 conversion, pad-chunking); the service
+runs it in a worker thread so the event loop keeps accepting requests. Every problem with the file is a
+`model.errors.CheckpointError` (415/422 with the parser's message), including a layer too large to encode.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from model.checkpoint import Layer, load_checkpoint
+from model.chunking import CONV_KINDS, ChunkedLayer
+from model.errors import CheckpointError
+from model.predictor import Predictor
+
+
+@dataclass(frozen=True)
+class LayerRow:
+    """One row of the layer table in the response."""
+
+    name: str
+    type: str
+    level: int
+    shape: list[int]
+    parameters: int
+    chunks: int
+
+    def as_dict(self) -> dict:
+        return {
+            "name": self.name,
+            "type": self.type,
+            "level": self.level,
+            "shape": self.shape,
+            "parameters": self.parameters,
+            "chunks": self.chunks,
+        }
+
+
+@dataclass
+class ParsedCheckpoint:
+    sha256: str
+    chunked: list[ChunkedLayer]
+    layers: list[LayerRow]
+    skipped: list[dict] = field(default_factory=list)
+    n_chunks: int = 0
+    parse_ms: float = 0.0
+
+
+def expected_chunks(layer: Layer, c: int) -> int:
+    """Chunks `model.chunking.chunk_layer` makes of a layer, computed from shapes alone (before chunking)."""
+    n = 0
+    for role, t in layer.parts:
+        if role == "weight" and layer.kind in CONV_KINDS and t.ndim >= 3:
+            kernels = t.shape[0] * t.shape[1]
+            n += kernels * -(-math.prod(t.shape[2:]) // c)
+        else:
+            n += -(-t.numel() // c)
+    return n
+
+
+def _too_many_chunks(name: str, n: int, limit: int) -> CheckpointError:
+    return CheckpointError(
+        "layer_too_large",
+        f"layer {name!r} has {n} chunks, more than the limit of {limit} (SNE_MAX_LAYER_CHUNKS): set attention is "
+        "quadratic in a layer's chunk count, so this layer cannot be encoded by this service",
+    )
+
+
+def parse_upload(source: bytes | Path, sha256: str, predictor: Predictor, max_layer_chunks: int) -> ParsedCheckpoint:
+    """Parse and chunk one checkpoint; raise `CheckpointError` for anything the service must refuse."""
+    t0 = time.perf_counter()
+    ckpt = load_checkpoint(source)
+    c = predictor.config.chunk_size
+    for layer in ckpt.layers:  # refuse before spending time and memory on chunking
+        n = expected_chunks(layer, c)
+        if n > max_layer_chunks:
+            raise _too_many_chunks(layer.name, n, max_layer_chunks)
+    chunked = predictor.chunk(ckpt)
+    rows = []
+    total = 0
+    for layer, cl in zip(ckpt.layers, chunked):
+        n = sum(ch.values.shape[0] for _, ch in cl.parts)
+        if n > max_layer_chunks:  # authoritative count, should chunking ever differ from the estimate
+            raise _too_many_chunks(layer.name, n, max_layer_chunks)
+        total += n
+        rows.append(LayerRow(layer.name, layer.kind.value, layer.level, layer.shape, layer.n_params, n))
+    skipped = [{"name": s.name, "dtype": s.dtype, "shape": s.shape, "reason": s.reason} for s in ckpt.skipped]
+    return ParsedCheckpoint(sha256, chunked, rows, skipped, total, (time.perf_counter() - t0) * 1000)

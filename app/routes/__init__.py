@@ -1,0 +1,1 @@
+"""HTTP routes: encode (+batch), predictor card, health/readiness, Prometheus metrics."""

@@ -1,0 +1,206 @@
+"""Pydantic models of the HTTP API (responses and errors), with the examples OpenAPI shows."""
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+SHA_EXAMPLE = "9f2c1d0b6e8a4f3c2b1a09f8e7d6c5b4a3928170f6e5d4c3b2a1908f7e6d5c4b"
+
+
+class PredictorRef(BaseModel):
+    name: str = Field(examples=["sne-small"])
+    version: str = Field(examples=["2024-06-01-3f2a9c1b7e44"])
+    trained: bool = Field(description="False for the placeholder untrained predictor: its predictions mean nothing.")
+
+
+class Interval(BaseModel):
+    low: float = Field(description="Lower end of the conformal interval of the predicted accuracy.")
+    high: float
+    coverage: float | None = Field(
+        description="Nominal coverage of [low, high] (e.g. 0.9); null when the predictor is uncalibrated "
+        "(the interval is then [0, 1])."
+    )
+
+
+class OOD(BaseModel):
+    score: float | None = Field(
+        description="Mean distance of the embedding to its k nearest training-zoo embeddings; null when the "
+        "predictor ships no reference embeddings."
+    )
+    flag: bool = Field(description="True when score > threshold: the prediction may be unreliable.")
+    threshold: float | None = Field(description="The predictor card's OOD threshold.")
+
+
+class LayerInfo(BaseModel):
+    name: str = Field(examples=["features.0"])
+    type: str = Field(description="linear, conv1d, conv2d, conv3d, norm, embedding or other.", examples=["conv2d"])
+    level: int = Field(description="Depth position of the layer (0 = first).")
+    shape: list[int] = Field(examples=[[16, 1, 3, 3]])
+    parameters: int = Field(description="Weights + bias of this layer.")
+    chunks: int = Field(description="Chunks the encoder saw for this layer.")
+
+
+class SkippedTensor(BaseModel):
+    name: str
+    dtype: str
+    shape: list[int]
+    reason: str
+
+
+class Timings(BaseModel):
+    parse_ms: float = Field(description="Parsing + chunking (0 for a cache hit).")
+    queue_ms: float = Field(description="Wait in the batch queue before the forward started (0 for a cache hit).")
+    encode_ms: float = Field(description="The batched forward this checkpoint was part of (0 for a cache hit).")
+    total_ms: float = Field(description="From the request reaching the handler to the answer, upload included.")
+
+
+class EncodeResponse(BaseModel):
+    """The answer of `POST /v1/encode` (and each successful item of `/v1/encode/batch`)."""
+
+    sha256: str = Field(description="sha256 of the uploaded bytes.")
+    predictor: PredictorRef
+    embedding: list[float] = Field(description="The network embedding (the predictor's `config.encoding` floats).")
+    predicted_accuracy: float = Field(ge=0, le=1)
+    predicted_gap: float | None = Field(description="Predicted train-test gap; null when the predictor has no gap head.")
+    interval: Interval
+    ood: OOD
+    layers: list[LayerInfo]
+    skipped: list[SkippedTensor] = Field(
+        default_factory=list, description="Tensors not encoded (integer buffers, running statistics, empty)."
+    )
+    layer_embeddings: list[list[float]] | None = Field(
+        None, description="One vector per entry of `layers`; present only with `?layer_embeddings=true`."
+    )
+    cached: bool = Field(description="True when the answer came from the result cache.")
+    warning: str | None = Field(description="Set when the answer should not be trusted (an untrained predictor).")
+    timings: Timings
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "sha256": SHA_EXAMPLE,
+                    "predictor": {"name": "sne-small", "version": "2024-06-01-3f2a9c1b7e44", "trained": True},
+                    "embedding": [0.0132, -0.221, 0.974, 0.0518],
+                    "predicted_accuracy": 0.912,
+                    "predicted_gap": 0.031,
+                    "interval": {"low": 0.874, "high": 0.950, "coverage": 0.9},
+                    "ood": {"score": 0.41, "flag": False, "threshold": 1.25},
+                    "layers": [
+                        {"name": "0", "type": "conv2d", "level": 0, "shape": [16, 1, 3, 3], "parameters": 160, "chunks": 17},
+                        {"name": "7", "type": "linear", "level": 3, "shape": [10, 16], "parameters": 170, "chunks": 11},
+                    ],
+                    "skipped": [],
+                    "cached": False,
+                    "warning": None,
+                    "timings": {"parse_ms": 1.9, "queue_ms": 4.2, "encode_ms": 38.5, "total_ms": 46.0},
+                }
+            ]
+        }
+    )
+
+
+class ErrorDetail(BaseModel):
+    reason: str = Field(description="Stable code, e.g. pickle, truncated, too_large, queue_full, unauthorized.")
+    message: str = Field(description="What is wrong, in words a user can act on.")
+
+
+class ErrorResponse(BaseModel):
+    """Every 4xx/5xx of the service has this body."""
+
+    error: ErrorDetail
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "error": {
+                        "reason": "pickle",
+                        "message": "this is a Python pickle (torch.save .pt/.bin); pickles can run code and are never "
+                        "loaded. Save the state_dict with safetensors.torch.save_file instead.",
+                    }
+                }
+            ]
+        }
+    )
+
+
+class BatchItem(BaseModel):
+    """One file of a batch: `result` when it was encoded, `error` (with its HTTP status) when it was refused."""
+
+    filename: str | None
+    status: int = Field(description="The HTTP status this file alone would have got (200, 413, 415, 422, 503...).")
+    result: EncodeResponse | None = None
+    error: ErrorDetail | None = None
+
+
+class BatchResponse(BaseModel):
+    results: list[BatchItem] = Field(description="One item per uploaded file, in upload order.")
+    timings: dict[str, float] = Field(description="`total_ms` of the whole request.")
+
+
+class PredictorCard(BaseModel):
+    """The loaded predictor's card as it was saved (zoo, splits, metrics, conformal, ood, config), plus
+    any other keys its trainer wrote."""
+
+    model_config = ConfigDict(
+        extra="allow",
+        json_schema_extra={
+            "examples": [
+                {
+                    "name": "sne-small",
+                    "version": "2024-06-01-3f2a9c1b7e44",
+                    "trained": True,
+                    "config": {"name": "small", "chunk_size": 16, "hidden": 32, "encoding": 64, "heads": 2},
+                    "zoo": {"name": "mnist-arch1", "checkpoints": 2000},
+                    "metrics": {"kendall_tau": {"test": {"sne": 0.81, "stat_features": 0.74}}},
+                    "conformal": {"accuracy": {"0.90": 0.038}},
+                    "ood": {"threshold": 1.25, "k": 5},
+                }
+            ]
+        },
+    )
+
+    name: str
+    version: str
+    trained: bool = False
+    config: dict[str, Any] = Field(default_factory=dict)
+    metrics: dict[str, Any] = Field(default_factory=dict)
+
+
+class Health(BaseModel):
+    status: Literal["ok"] = "ok"
+
+
+class Readiness(BaseModel):
+    ready: bool = Field(description="Predictor loaded and worker running (the cache never makes it false).")
+    predictor: PredictorRef | None
+    worker: dict[str, Any] = Field(description="running, device, precision, queue_depth, queue_limit, max_batch_size.")
+    cache: dict[str, Any] = Field(
+        description="backend (redis or lru) and state: up, down (answers are computed, not cached) or in-process."
+    )
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "ready": True,
+                    "predictor": {"name": "sne-small", "version": "2024-06-01-3f2a9c1b7e44", "trained": True},
+                    "worker": {"running": True, "device": "cpu", "precision": "fp32", "queue_depth": 0,
+                               "queue_limit": 256, "max_batch_size": 32},
+                    "cache": {"backend": "redis", "state": "up"},
+                }
+            ]
+        }
+    )
+
+
+#: error responses shown in OpenAPI for the upload routes
+UPLOAD_ERRORS: dict[int | str, dict[str, Any]] = {
+    401: {"model": ErrorResponse, "description": "API keys are configured and `X-API-Key` is missing or wrong."},
+    413: {"model": ErrorResponse, "description": "Upload larger than SNE_MAX_UPLOAD_BYTES (refused while streaming)."},
+    415: {"model": ErrorResponse, "description": "Not a safetensors file (pickle, zip, other)."},
+    422: {"model": ErrorResponse, "description": "Malformed safetensors, no float weights, a layer too large, ..."},
+    503: {"model": ErrorResponse, "description": "Queue full or shutting down; retry after `Retry-After` seconds."},
+}

@@ -1,0 +1,141 @@
+"""One encode, end to end: cache lookup, single flight, parse off the loop, batched forward, cache fill.
+
+`EncodeService.encode(upload)` is what the routes call. Identical uploads (same sha256) that overlap in
+time are computed once: the first starts a task that parses, encodes and fills the cache; the others await
+that same task (shielded, so a client hanging up does not cancel the work the others wait for).
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+
+import anyio
+import torch
+
+from app.cache import ResultCache, cache_key
+from app.errors import APIError
+from app.metrics import PARSE_FAILURES, PREDICTED_ACCURACY
+from app.parsing import parse_upload
+from app.results import EncodeResult
+from app.settings import Settings
+from app.uploads import Upload
+from app.worker import BatchWorker
+from model.errors import CheckpointError
+from model.predictor import Predictor
+
+log = logging.getLogger("sne.service")
+
+
+@dataclass
+class Answer:
+    sha256: str
+    result: EncodeResult
+    cached: bool
+    parse_ms: float = 0.0
+    queue_ms: float = 0.0
+    encode_ms: float = 0.0
+    batch_size: int = 0
+
+
+class EncodeService:
+    def __init__(self, predictor: Predictor, worker: BatchWorker, cache: ResultCache, settings: Settings) -> None:
+        self.predictor = predictor
+        self.worker = worker
+        self.cache = cache
+        self.settings = settings
+        self._parse_limiter = anyio.CapacityLimiter(settings.parse_workers)
+        self._inflight: dict[str, asyncio.Task] = {}
+        self._closing = False
+
+    @property
+    def closing(self) -> bool:
+        return self._closing
+
+    def key(self, sha256: str) -> str:
+        return cache_key(self.settings.cache_prefix, self.predictor.version, sha256)
+
+    # ----------------------------------------------------------------------------------- public
+    async def encode(self, upload: Upload) -> Answer:
+        """The answer for one upload (which this call takes over and closes)."""
+        try:
+            if self._closing:
+                raise APIError(
+                    503, "shutting_down", "the service is shutting down; retry on another instance",
+                    {"Retry-After": str(self.settings.retry_after_seconds)},
+                )
+            hit = await self.cache.get(self.key(upload.sha256))
+        except BaseException:
+            upload.close()
+            raise
+        if hit is not None:
+            upload.close()
+            return Answer(upload.sha256, hit, cached=True)
+        task = self._inflight.get(upload.sha256)
+        if task is None:
+            task = asyncio.create_task(self._compute(upload), name=f"encode-{upload.sha256[:12]}")
+            self._inflight[upload.sha256] = task
+            task.add_done_callback(self._forget(upload.sha256))
+        else:
+            upload.close()  # the same bytes are already being encoded: wait for that
+        return await asyncio.shield(task)
+
+    async def drain(self, timeout: float) -> None:
+        """Refuse new uploads; wait (up to `timeout`) for the encodes already started to finish."""
+        self._closing = True
+        tasks = list(self._inflight.values())
+        if tasks:
+            done, pending = await asyncio.wait(tasks, timeout=timeout)
+            if pending:
+                log.warning("%d encode(s) still running at shutdown", len(pending))
+
+    # ----------------------------------------------------------------------------------- internals
+    def _forget(self, sha256: str):
+        def done(task: asyncio.Task) -> None:
+            if self._inflight.get(sha256) is task:
+                del self._inflight[sha256]
+            if not task.cancelled():
+                task.exception()  # retrieved here: waiters may all have gone away
+
+        return done
+
+    async def _compute(self, upload: Upload) -> Answer:
+        try:
+            parsed = await anyio.to_thread.run_sync(
+                parse_upload,
+                upload.source,
+                upload.sha256,
+                self.predictor,
+                self.settings.max_layer_chunks,
+                limiter=self._parse_limiter,
+            )
+        except CheckpointError as e:
+            PARSE_FAILURES.labels(reason=e.reason).inc()
+            raise APIError.from_checkpoint_error(e) from None
+        finally:
+            upload.close()
+        try:
+            outcome = await self.worker.submit(parsed)
+        except APIError:
+            raise
+        except torch.OutOfMemoryError:
+            raise APIError(
+                422, "too_large_to_encode",
+                f"this checkpoint ({parsed.n_chunks} chunks) does not fit in the encoder's device memory",
+            ) from None
+        except Exception as e:
+            log.exception("encoding %s failed", upload.sha256)
+            raise APIError(500, "encode_failed", f"the encoder failed on this checkpoint ({type(e).__name__})") from None
+        result = EncodeResult.from_prediction(outcome.prediction, parsed)
+        if not result.is_finite():
+            PARSE_FAILURES.labels(reason="non_finite_output").inc()
+            raise APIError(
+                422, "non_finite_output",
+                "the encoder produced NaN/Inf for this checkpoint (its weights are too extreme to encode)",
+            )
+        PREDICTED_ACCURACY.observe(result.accuracy)
+        await self.cache.set(self.key(upload.sha256), result)
+        return Answer(
+            upload.sha256, result, cached=False, parse_ms=parsed.parse_ms, queue_ms=outcome.queue_ms,
+            encode_ms=outcome.encode_ms, batch_size=outcome.batch_size,
+        )

@@ -1,0 +1,86 @@
+"""One place for the service's configuration: every field is an `SNE_*` environment variable."""
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+import json
+from typing import Annotated, Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Service settings; `SNE_<FIELD>` in the environment overrides each default."""
+
+    model_config = SettingsConfigDict(env_prefix="SNE_", env_file=None, extra="ignore")
+
+    host: str = Field("127.0.0.1", description="Address `sne serve` binds to.")
+    port: int = Field(8000, description="Port `sne serve` listens on.")
+    predictor_path: Path | None = Field(
+        None, description="Directory of a trained predictor (weights + card); the shipped default when unset."
+    )
+    redis_url: str | None = Field(
+        None, description="Redis URL for the shared result cache; an in-process LRU when unset."
+    )
+    cache_ttl_seconds: int = Field(7 * 24 * 3600, description="Lifetime of a cached result in Redis.")
+    lru_size: int = Field(1024, description="Entries of the in-process cache used when Redis is unset.")
+    max_upload_bytes: int = Field(512 * 1024 * 1024, description="Largest accepted checkpoint (413 above).")
+    max_batch_size: int = Field(32, description="Most checkpoints the worker encodes in one forward.")
+    max_batch_chunks: int = Field(262_144, description="Chunk budget of one batch (bounds memory per forward).")
+    max_wait_ms: float = Field(5.0, description="How long the worker waits to fill a batch.")
+    queue_limit: int = Field(256, description="Queued checkpoints before new requests get 503.")
+    device: str = Field("auto", description="`auto` (CUDA when present), `cpu` or `cuda[:N]`.")
+    precision: Literal["fp32", "bf16", "fp16"] = Field(
+        "fp32", description="Autocast precision of the forward on CUDA; the CPU always runs fp32."
+    )
+    api_keys: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="Accepted `X-API-Key` values (JSON list or comma list); open when empty."
+    )
+
+    # ---- added with the HTTP service (app/); every one is documented in the README's settings table
+    cache_prefix: str = Field(
+        "sne:", description="Prefix of every Redis key (`<prefix><predictor version>:<sha256>`); lets deployments share a Redis."
+    )
+    redis_timeout_seconds: float = Field(
+        0.5, gt=0, description="Connect/read timeout of one Redis call; a slower Redis counts as down for that call."
+    )
+    redis_retry_seconds: float = Field(
+        5.0, ge=0, description="After a Redis failure, skip Redis this long before trying again (doubles per failure, max 60 s)."
+    )
+    max_layer_chunks: int = Field(
+        65_536, ge=1, description="Most chunks one layer may have (422 above): set attention is quadratic in it."
+    )
+    max_batch_files: int = Field(64, ge=1, description="Most files in one `POST /v1/encode/batch` request.")
+    parse_workers: int = Field(
+        4, ge=1, description="Uploads parsed at the same time (threads off the event loop); bounds parse memory."
+    )
+    spool_bytes: int = Field(
+        8 * 1024 * 1024, ge=0, description="Uploads up to this size stay in memory; larger ones stream to a temp file."
+    )
+    upload_dir: Path | None = Field(None, description="Where large uploads are spooled; the system temp dir when unset.")
+    retry_after_seconds: int = Field(1, ge=0, description="`Retry-After` of a 503 (queue full or shutting down).")
+    shutdown_timeout_seconds: float = Field(
+        30.0, ge=0, description="On shutdown, how long the worker may take to finish queued and in-flight encodes."
+    )
+    warmup: bool = Field(True, description="Run one tiny forward at start-up so the first request is not slow.")
+    torch_threads: int | None = Field(
+        None, ge=1, description="torch intra-op threads of the encoder (torch's default when unset)."
+    )
+
+    @field_validator("api_keys", mode="before")
+    @classmethod
+    def _split_keys(cls, v: object) -> object:
+        """Accept `a,b` as well as `["a","b"]` so keys are easy to set in a shell."""
+        if isinstance(v, str):
+            v = v.strip()
+            if v.startswith("["):
+                return json.loads(v)
+            return [k.strip() for k in v.split(",") if k.strip()]
+        return v
+
+
+@lru_cache
+def get_settings() -> Settings:
+    """Settings read once from the environment (FastAPI dependency)."""
+    return Settings()
