@@ -90,9 +90,10 @@ class ChunkEncoder(nn.Module):
         self.phi1 = SABStack(1, cfg.hidden, cfg)
         self.phi2 = SABStack(cfg.hidden, cfg.hidden, cfg)
         self.pool = PMA(cfg.hidden, cfg.hidden, cfg)
+        self.scale = cfg.input_scale
 
     def forward(self, values: torch.Tensor, types: torch.Tensor, levels: torch.Tensor, mask=None) -> torch.Tensor:
-        x = self.phi1(values[..., None], mask)
+        x = self.phi1(values[..., None] * self.scale, mask)
         d = x.shape[-1]
         x = x + (type_encoding(types, d) + sinusoid(levels, d))[:, None, :]
         return self.pool(self.phi2(x, mask), mask)

@@ -34,8 +34,9 @@ from model.zoo import load_index, load_zoo_checkpoint
 class TrainOptions:
     config: str = "small"
     epochs: int = 12
-    batch_size: int = 32
+    batch_size: int = 8
     lr: float = 1e-3
+    clip_grad: float = 0.0  # max gradient norm (0 = off)
     lir_weight: float = 1.0  # 0 turns Logit Invariance Regularization off
     lir_fraction: float = 0.25  # share of each batch that is also encoded permuted
     gap_weight: float = 1.0
@@ -181,6 +182,8 @@ def train(zoo_dirs: Sequence[Path], out_dir: Path, opts: TrainOptions, progress:
                     loss = loss + opts.lir_weight * lir_penalty(model, batch[:n_lir], out.logit[:n_lir], gen)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
+                if opts.clip_grad > 0:
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), opts.clip_grad)
                 opt.step()
                 losses.append(loss.item())
                 bar.update(task, advance=1, description=f"epoch {epoch + 1}/{opts.epochs} loss {np.mean(losses):.4f}")

@@ -5,13 +5,13 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SNE=${SNE:-.venv/bin/sne}
-RUNS_A=${RUNS_A:-400}       # arch1 x digits: the zoo the default predictor learns from
-RUNS_B=${RUNS_B:-150}       # arch1 x shapes: second dataset, for cross-dataset transfer
-RUNS_ARCH2=${RUNS_ARCH2:-50}  # arch2 zoos: test-only, for cross-architecture transfer
-EPOCHS=${EPOCHS:-6}
-MAX_TRAIN=${MAX_TRAIN:-1200}
-MAX_EVAL=${MAX_EVAL:-400}
-TRAIN_ARGS=(--config small --epochs "$EPOCHS" --max-train "$MAX_TRAIN" --max-eval "$MAX_EVAL")
+RUNS_A=${RUNS_A:-300}       # arch1 x digits: the zoo the default predictor learns from
+RUNS_B=${RUNS_B:-120}       # arch1 x shapes: second dataset, for cross-dataset transfer
+RUNS_ARCH2=${RUNS_ARCH2:-40}  # arch2 zoos: test-only, for cross-architecture transfer
+EPOCHS=${EPOCHS:-10}
+MAX_TRAIN=${MAX_TRAIN:-1000}
+MAX_EVAL=${MAX_EVAL:-300}
+TRAIN_ARGS=(--config small --epochs "$EPOCHS" --batch-size 8 --max-train "$MAX_TRAIN" --max-eval "$MAX_EVAL")
 
 $SNE zoo --out zoos/arch1-digits --arch arch1 --dataset digits --runs "$RUNS_A"
 $SNE zoo --out zoos/arch1-shapes --arch arch1 --dataset shapes --runs "$RUNS_B"

@@ -99,3 +99,22 @@ def test_named_configs():
     assert CONFIGS["small"].hidden < CONFIGS["paper"].hidden
     with pytest.raises(ValueError):
         SNE(SNEConfig(hidden=30, heads=4))
+
+
+@torch.no_grad()
+def test_small_config_embeddings_tell_same_architecture_apart():
+    """Same architecture, weights of different scale (as untrained vs trained nets differ): the small config's
+    untrained embeddings must already differ across checkpoints, or training never leaves a constant output."""
+    from model.checkpoint import checkpoint_from_tensors
+    from tests.nets import arch1, state
+
+    layers = []
+    for i, scale in enumerate([0.3, 0.6, 1.0, 1.5, 2.0, 3.0] * 2):
+        torch.manual_seed(i)
+        s = {k: v * scale for k, v in state(arch1()).items()}
+        layers.append(chunk_checkpoint(checkpoint_from_tensors(s), CONFIGS["small"].chunk_size))
+    torch.manual_seed(0)
+    m = SNE(CONFIGS["small"]).eval()
+    emb = m(pack(layers)).embedding
+    spread = (emb.std(0).mean() / emb.std(1).mean()).item()
+    assert spread > 0.02, f"embeddings nearly identical across checkpoints (spread ratio {spread:.2e})"
