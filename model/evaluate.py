@@ -141,8 +141,8 @@ def markdown(results: dict) -> str:
         lines += [
             "",
             f"Logit invariance (mean |Δlogit| under random hidden-unit permutations, {li['examples']} test networks): "
-            f"with LIR {li['mean_abs_logit_change_regularized']:.4f}, without {li['mean_abs_logit_change_unregularized']:.4f} "
-            f"({li['ratio']:.1f}x more invariant).",
+            f"with LIR {li['mean_abs_logit_change_regularized']:.2e}, without {li['mean_abs_logit_change_unregularized']:.2e} "
+            f"(ratio {li['ratio']:.2f}; >1 means LIR made the encoder more invariant).",
         ]
     return "\n".join(lines) + "\n"
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import random
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 from datetime import date
 from pathlib import Path
@@ -158,8 +159,10 @@ def train(zoo_dirs: Sequence[Path], out_dir: Path, opts: TrainOptions, progress:
     sched = torch.optim.lr_scheduler.MultiStepLR(opt, [int(opts.epochs * 0.6), int(opts.epochs * 0.85)], 0.3)
     resume_dir = out_dir / "resume"
     info = _load_resume(resume_dir, model, opt) or {"epoch": 0, "best_tau": -2.0, "history": []}
-    for _ in range(info["epoch"]):
-        sched.step()
+    with warnings.catch_warnings():  # replaying the schedule of finished epochs, before any optimizer step
+        warnings.simplefilter("ignore", UserWarning)
+        for _ in range(info["epoch"]):
+            sched.step()
     best = load_file(resume_dir / "best.safetensors") if (resume_dir / "best.safetensors").exists() else None
     gen = torch.Generator().manual_seed(opts.seed)
     y = torch.tensor([e.acc for e in train_set])

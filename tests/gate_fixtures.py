@@ -18,8 +18,8 @@ from tests.nets import checkpoint_bytes
 
 #: half-width of the fixture predictor's 90% conformal interval
 FIXTURE_Q = 0.05
-#: kNN OOD threshold: arch1 checkpoints sit on the reference (score ~0), an MLP is ~0.08 away
-FIXTURE_OOD_THRESHOLD = 0.04
+#: kNN OOD threshold: other arch1 seeds score ~0.2 against the reference, an MLP ~1.0
+FIXTURE_OOD_THRESHOLD = 0.5
 
 
 def make_fixture_predictor(out: Path) -> Path:

@@ -207,19 +207,34 @@ def test_remote_unreadable_file_is_an_error_without_a_request(files):
 
 
 @pytest.fixture(scope="module")
-def untrained_acc(files) -> dict[str, float]:
-    pred = Predictor.load(None)
-    if pred.trained:
-        pytest.skip("a trained default predictor ships: the untrained-warning tests do not apply")
+def untrained_dir(tmp_path_factory) -> str:
+    """An untrained predictor saved as a directory: the gate must warn that its verdicts mean nothing."""
+    out = tmp_path_factory.mktemp("untrained")
+    Predictor.untrained().save(out)
+    return str(out)
+
+
+@pytest.fixture(scope="module")
+def untrained_acc(files, untrained_dir) -> dict[str, float]:
+    pred = Predictor.load(untrained_dir)
+    assert not pred.trained
     return {k: pred.predict([load_checkpoint(files[k])])[0].accuracy for k in ("arch1", "mlp")}
 
 
-def test_local_pass_fail_and_untrained_warning(files, untrained_acc):
+def test_default_predictor_is_trained_and_gates_without_warning(files):
+    assert Predictor.load(None).trained
+    res = gate(files["arch1"], "--min-accuracy", 0.0, "--local", "--json", SNE_PREDICTOR_PATH=None)
+    assert res.exit_code == 0, res.output
+    report = as_json(res)
+    assert report["untrained_predictor"] is False and not any("UNTRAINED" in w for w in report["warnings"])
+
+
+def test_local_pass_fail_and_untrained_warning(files, untrained_acc, untrained_dir):
     acc = untrained_acc["arch1"]
-    ok = gate(files["arch1"], "--min-accuracy", acc - 0.01, "--local", SNE_PREDICTOR_PATH=None)
+    ok = gate(files["arch1"], "--min-accuracy", acc - 0.01, "--local", SNE_PREDICTOR_PATH=untrained_dir)
     assert ok.exit_code == 0, ok.output
     assert "PASS" in ok.stdout and "UNTRAINED" in ok.stderr
-    bad = gate(files["arch1"], "--min-accuracy", acc + 0.01, "--local", "--json", SNE_PREDICTOR_PATH=None)
+    bad = gate(files["arch1"], "--min-accuracy", acc + 0.01, "--local", "--json", SNE_PREDICTOR_PATH=untrained_dir)
     assert bad.exit_code == 1
     report = as_json(bad)
     assert report["passed"] is False and report["exit_code"] == 1 and report["untrained_predictor"] is True
@@ -229,17 +244,17 @@ def test_local_pass_fail_and_untrained_warning(files, untrained_acc):
     assert r["predicted_accuracy"] == pytest.approx(acc, abs=1e-6)
 
 
-def test_local_errors_exit_2(files, untrained_acc):
+def test_local_errors_exit_2(files, untrained_acc, untrained_dir):
     low = untrained_acc["arch1"] - 0.01
     for f in ("pickle", "noise", "missing"):
-        res = gate(files[f], "--min-accuracy", low, "--local", "--json", SNE_PREDICTOR_PATH=None)
+        res = gate(files[f], "--min-accuracy", low, "--local", "--json", SNE_PREDICTOR_PATH=untrained_dir)
         assert res.exit_code == 2, (f, res.output)
         (r,) = as_json(res)["results"]
         assert r["status"] == "error" and r["error"]["message"]
-    res = gate(files["pickle"], "--min-accuracy", low, "--local", "--json", SNE_PREDICTOR_PATH=None)
+    res = gate(files["pickle"], "--min-accuracy", low, "--local", "--json", SNE_PREDICTOR_PATH=untrained_dir)
     assert as_json(res)["results"][0]["error"]["reason"] == "pickle"
     # an error outranks a failure and a pass in the same run
-    res = gate(files["arch1"], files["missing"], "--min-accuracy", low, "--local", SNE_PREDICTOR_PATH=None)
+    res = gate(files["arch1"], files["missing"], "--min-accuracy", low, "--local", SNE_PREDICTOR_PATH=untrained_dir)
     assert res.exit_code == 2 and "PASS" in res.stdout and "ERROR" in res.stdout
     res = gate(files["arch1"], "--min-accuracy", 0.5, "--local", "--predictor", files["missing"], "--json")
     assert res.exit_code == 2 and "cannot load the predictor" in as_json(res)["results"][0]["error"]["message"]
