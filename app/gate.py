@@ -110,6 +110,15 @@ def error_verdict(file: str | Path, code: str, message: str, *, sha256: str | No
     return Verdict(file=str(file), passed=False, reason=f"error: {message}", error=message, error_code=code, sha256=sha256)
 
 
+def read_file(f: str | Path) -> tuple[bytes, str] | Verdict:
+    """The file's bytes and sha256, or the error verdict of a file that cannot be read."""
+    try:
+        data = Path(f).read_bytes()
+    except OSError as e:
+        return error_verdict(f, "unreadable", f"cannot read {f}: {e.strerror or e}")
+    return data, hashlib.sha256(data).hexdigest()
+
+
 def _num(x: Any) -> float | None:
     if x is None or isinstance(x, bool):
         return None
@@ -324,12 +333,11 @@ def gate_remote(
     try:
         for f in files:
             name = str(f)
-            try:
-                data = Path(f).read_bytes()
-            except OSError as e:
-                verdicts.append(error_verdict(name, "unreadable", f"cannot read {name}: {e.strerror or e}"))
+            read = read_file(f)
+            if isinstance(read, Verdict):
+                verdicts.append(read)
                 continue
-            sha = hashlib.sha256(data).hexdigest()
+            data, sha = read
 
             def fail(code: str, message: str) -> Verdict:
                 return error_verdict(name, code, message, sha256=sha)
@@ -396,12 +404,11 @@ def gate_local(
     verdicts: list[Verdict] = []
     for f in files:
         name = str(f)
-        try:
-            data = Path(f).read_bytes()
-        except OSError as e:
-            verdicts.append(error_verdict(name, "unreadable", f"cannot read {name}: {e.strerror or e}"))
+        read = read_file(f)
+        if isinstance(read, Verdict):
+            verdicts.append(read)
             continue
-        sha = hashlib.sha256(data).hexdigest()
+        data, sha = read
         try:
             ckpt = load_checkpoint(data)
         except CheckpointError as e:

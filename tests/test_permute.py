@@ -12,13 +12,7 @@ from model.permute import permute_hidden, random_permute
 from model.zoo import HParams, init_state
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One intra-op thread: on a shared 2-core box, 2 OpenMP threads can run 10x slower."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 ARCH_INPUT = {"arch1": None, "arch2": 28}
