@@ -6,13 +6,12 @@ runs it in a worker thread so the event loop keeps accepting requests. Every pro
 """
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from model.checkpoint import Layer, load_checkpoint
-from model.chunking import CONV_KINDS, ChunkedLayer
+from model.checkpoint import load_checkpoint
+from model.chunking import ChunkedLayer, count_chunks, expected_chunks
 from model.errors import CheckpointError
 from model.predictor import Predictor
 
@@ -49,18 +48,6 @@ class ParsedCheckpoint:
     parse_ms: float = 0.0
 
 
-def expected_chunks(layer: Layer, c: int) -> int:
-    """Chunks `model.chunking.chunk_layer` makes of a layer, computed from shapes alone (before chunking)."""
-    n = 0
-    for role, t in layer.parts:
-        if role == "weight" and layer.kind in CONV_KINDS and t.ndim >= 3:
-            kernels = t.shape[0] * t.shape[1]
-            n += kernels * -(-math.prod(t.shape[2:]) // c)
-        else:
-            n += -(-t.numel() // c)
-    return n
-
-
 def _too_many_chunks(name: str, n: int, limit: int) -> CheckpointError:
     return CheckpointError(
         "layer_too_large",
@@ -82,7 +69,7 @@ def parse_upload(source: bytes | Path, sha256: str, predictor: Predictor, max_la
     rows = []
     total = 0
     for layer, cl in zip(ckpt.layers, chunked):
-        n = sum(ch.values.shape[0] for _, ch in cl.parts)
+        n = count_chunks([cl])
         if n > max_layer_chunks:  # authoritative count, should chunking ever differ from the estimate
             raise _too_many_chunks(layer.name, n, max_layer_chunks)
         total += n

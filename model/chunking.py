@@ -6,6 +6,7 @@ chunks. Conv weights `out×in×k…` are chunked over their kernel dimensions: e
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -68,12 +69,25 @@ def chunk_tensor(t: torch.Tensor, c: int, per_kernel: bool = False) -> Chunks:
     return Chunks(values, row_lengths.repeat(n_rows), c)
 
 
+def _per_kernel(layer, role: str, t: torch.Tensor) -> bool:
+    """Conv weights are chunked kernel by kernel; everything else is flattened whole."""
+    return role == "weight" and layer.kind in CONV_KINDS and t.ndim >= 3
+
+
 def chunk_layer(layer, c: int) -> ChunkedLayer:
-    parts = []
-    for role, t in layer.parts:
-        per_kernel = role == "weight" and layer.kind in CONV_KINDS and t.ndim >= 3
-        parts.append((role, chunk_tensor(t, c, per_kernel)))
+    parts = [(role, chunk_tensor(t, c, _per_kernel(layer, role, t))) for role, t in layer.parts]
     return ChunkedLayer(layer.name, layer.kind, layer.level, parts)
+
+
+def expected_chunks(layer, c: int) -> int:
+    """Chunks `chunk_layer` makes of `layer`, from shapes alone: lets a too-large layer be refused unchunked."""
+    n = 0
+    for role, t in layer.parts:
+        if _per_kernel(layer, role, t):
+            n += t.shape[0] * t.shape[1] * -(-math.prod(t.shape[2:]) // c)
+        else:
+            n += -(-t.numel() // c)
+    return n
 
 
 def chunk_checkpoint(ckpt: Checkpoint, c: int) -> list[ChunkedLayer]:

@@ -27,7 +27,7 @@ def inspect(
 ) -> None:
     """Print the layer table SNE sees: name, type, level, shape, parameters, chunks."""
     from model.checkpoint import load_checkpoint
-    from model.chunking import chunk_layer
+    from model.chunking import expected_chunks
     from model.errors import CheckpointError
 
     try:
@@ -36,7 +36,7 @@ def inspect(
         _fail(f"{file}: {e} [{e.reason}]")
     rows = []
     for layer in ckpt.layers:
-        chunks = sum(ch.values.shape[0] for _, ch in chunk_layer(layer, chunk_size).parts)
+        chunks = expected_chunks(layer, chunk_size)
         rows.append(
             {
                 "name": layer.name,

@@ -1,7 +1,7 @@
 import torch
 
 from model.checkpoint import LayerKind, load_checkpoint
-from model.chunking import chunk_checkpoint, chunk_tensor, count_chunks
+from model.chunking import chunk_checkpoint, chunk_layer, chunk_tensor, count_chunks, expected_chunks
 from model.packing import pack
 from tests.nets import checkpoint_bytes
 
@@ -60,3 +60,14 @@ def test_pack_segments_are_contiguous():
     assert batch.values.shape == (batch.n_chunks, 16)
     assert torch.equal(batch.values[batch.mask], torch.cat([ch.padded()[ch.mask] for l in a + b for _, ch in l.parts]))
     assert torch.all(batch.values[~batch.mask] == 0)
+
+
+def test_expected_chunks_matches_chunking():
+    """The shape-only count (used to refuse huge layers before chunking) equals what chunking makes."""
+    from tests.nets import BUILDERS
+
+    for name in BUILDERS:
+        ckpt = load_checkpoint(checkpoint_bytes(name))
+        for c in (4, 9, 16, 32):  # 3x3 kernels: split (c=4), exact (9), padded (16, 32)
+            for layer in ckpt.layers:
+                assert expected_chunks(layer, c) == count_chunks([chunk_layer(layer, c)]), (name, layer.name, c)
