@@ -7,7 +7,7 @@ runs it in a worker thread so the event loop keeps accepting requests. Every pro
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from model.checkpoint import load_checkpoint
@@ -28,14 +28,7 @@ class LayerRow:
     chunks: int
 
     def as_dict(self) -> dict:
-        return {
-            "name": self.name,
-            "type": self.type,
-            "level": self.level,
-            "shape": self.shape,
-            "parameters": self.parameters,
-            "chunks": self.chunks,
-        }
+        return asdict(self)
 
 
 @dataclass

@@ -50,10 +50,7 @@ class Upload:
         """Forget the bytes; delete the spooled file if there is one."""
         self.data = None
         if self.path is not None:
-            try:
-                os.unlink(self.path)
-            except FileNotFoundError:
-                pass
+            self.path.unlink(missing_ok=True)
             self.path = None
 
 
@@ -134,10 +131,7 @@ class _Sink:
             self.file.close()
             self.file = None
         if self.path is not None:
-            try:
-                os.unlink(self.path)
-            except FileNotFoundError:
-                pass
+            self.path.unlink(missing_ok=True)
             self.path = None
         self.buf = bytearray()
 
