@@ -11,7 +11,8 @@ from dataclasses import dataclass
 
 import torch
 
-from model.checkpoint import Checkpoint, KIND_IDS, LayerKind
+from model.checkpoint import KIND_IDS, Checkpoint, LayerKind
+from model.stats import stats_and_scale
 
 CONV_KINDS = (LayerKind.CONV1D, LayerKind.CONV2D, LayerKind.CONV3D)
 ROLES = ("weight", "bias")
@@ -21,11 +22,18 @@ N_TYPES = len(KIND_IDS) * len(ROLES)
 @dataclass(frozen=True)
 class Chunks:
     """A part's chunks of size `c`. `values` may be stored narrower than `c` (e.g. 3×3 kernels as 9 columns)
-    when every column past that width would be padding: the zeros are only written by `padded()`/`pack`."""
+    when every column past that width would be padding: the zeros are only written by `padded()`/`pack`.
 
-    values: torch.Tensor  # [q, w], w <= c; zeros where padded
-    lengths: torch.Tensor  # [q], real values per chunk
+    Values are divided by the part's std (`model.stats.stats_and_scale`), so every part reaches the encoder at
+    unit scale; the scale itself and the rest of the part's shape travel, exact, in `stats`. Under a chunk
+    budget only `q` of the part's `total` chunks are kept.
+    """
+
+    values: torch.Tensor  # [q, w] float32, w <= c; zeros where padded; the part's values / its std
+    lengths: torch.Tensor  # [q] int64, real values per chunk
     size: int  # c
+    stats: torch.Tensor  # [N_STATS] float32: exact statistics of ALL values of the part
+    total: int  # chunks of the whole part before budget sampling (q <= total)
 
     @property
     def mask(self) -> torch.Tensor:
@@ -53,6 +61,8 @@ def type_id(kind: LayerKind, role: str) -> int:
 
 def chunk_tensor(t: torch.Tensor, c: int, per_kernel: bool = False) -> Chunks:
     """Flatten, pad to a multiple of `c` and chunk; with `per_kernel`, each kernel (dims 2…) separately."""
+    stats, std = stats_and_scale(t)
+    t = t.to(torch.float32) / std
     rows = t.reshape(t.shape[0] * t.shape[1], -1) if per_kernel else t.reshape(1, -1)
     n_rows, k = rows.shape
     per_row = -(-k // c)
@@ -66,7 +76,7 @@ def chunk_tensor(t: torch.Tensor, c: int, per_kernel: bool = False) -> Chunks:
         values = rows.new_zeros(n_rows, per_row * c)
         values[:, :k] = rows
         values = values.view(-1, c)
-    return Chunks(values, row_lengths.repeat(n_rows), c)
+    return Chunks(values, row_lengths.repeat(n_rows), c, stats, values.shape[0])
 
 
 def _per_kernel(layer, role: str, t: torch.Tensor) -> bool:

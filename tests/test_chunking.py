@@ -1,8 +1,15 @@
 import torch
 
 from model.checkpoint import LayerKind, load_checkpoint
-from model.chunking import chunk_checkpoint, chunk_layer, chunk_tensor, count_chunks, expected_chunks
+from model.chunking import (
+    chunk_checkpoint,
+    chunk_layer,
+    chunk_tensor,
+    count_chunks,
+    expected_chunks,
+)
 from model.packing import pack
+from model.stats import N_STATS
 from tests.nets import checkpoint_bytes
 
 
@@ -11,7 +18,10 @@ def test_linear_flattened_padded_chunked():
     ch = chunk_tensor(w, 16)
     assert ch.padded().shape == (4, 16)
     assert ch.lengths.tolist() == [16, 16, 16, 2]
-    assert torch.equal(ch.padded()[ch.mask], w.flatten())  # real values in order
+    assert ch.total == 4 and ch.stats.shape == (N_STATS,)
+    std = w.double().std(correction=0)
+    assert torch.allclose(ch.padded()[ch.mask].double() * std, w.flatten().double())  # real values in order
+    assert float(ch.values.std(correction=0)) > 0.5  # standardised: unit scale, not ~14
     assert torch.all(ch.padded()[~ch.mask] == 0)  # padding is zeros
 
 
@@ -25,9 +35,9 @@ def test_conv_chunked_per_kernel_padded_when_small():
     ch = chunk_tensor(w, 16, per_kernel=True)
     assert ch.padded().shape == (48, 16) and ch.mask.shape == (48, 16)
     assert ch.lengths.unique().tolist() == [9]
-    assert torch.equal(ch.padded()[:, :9], w.reshape(48, 9))
+    assert torch.allclose(ch.padded()[:, :9] * w.std(correction=0), w.reshape(48, 9), atol=1e-5)
     assert torch.all(ch.padded()[:, 9:] == 0)
-    assert torch.equal(ch.padded()[ch.mask], w.flatten())
+    assert torch.allclose(ch.padded()[ch.mask] * w.std(correction=0), w.flatten(), atol=1e-5)
 
 
 def test_conv_kernel_split_when_larger_than_chunk():
@@ -35,7 +45,7 @@ def test_conv_kernel_split_when_larger_than_chunk():
     ch = chunk_tensor(w, 16, per_kernel=True)
     assert ch.padded().shape == (8, 16)
     assert ch.lengths.tolist() == [16, 9] * 4
-    assert torch.equal(ch.padded()[ch.mask], w.flatten())
+    assert torch.allclose(ch.padded()[ch.mask] * w.std(correction=0), w.flatten(), atol=1e-5)
 
 
 def test_arch1_chunk_counts_and_bias_separate():

@@ -1,0 +1,178 @@
+"""Exact statistics of every value of one part (a layer's weight or bias), computed streaming.
+
+Budget sampling means the encoder may see only some chunks of a large part; these statistics travel with the
+part so that nothing is invisible. They are computed block by block from the native-dtype tensor (an mmap
+view stays an mmap view): at most `BLOCK_ELEMS` values are converted to float32 at a time and moments are
+accumulated in float64, so memory stays bounded whatever the part's size.
+
+Exact over all values: moments (mean, std, mean|x|, RMS, kurtosis), min, max, Frobenius norm. Estimated:
+quantiles come from a deterministic subsample of at most `SAMPLE` values (exact when the part is smaller);
+the spectral norm is the Rayleigh quotient after `POWER_ITERS` power iterations on the 2-D reshaped matrix
+(a lower bound, so the stable rank is an upper bound). Every output is finite for any finite input.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+
+import torch
+
+BLOCK_ELEMS = 1 << 18  # values converted to float32 at a time (1 MB: stays in cache)
+SAMPLE = 1 << 20  # values the quantiles are taken from
+POWER_ITERS = 4
+QUANTILES = (0.01, 0.05, 0.25, 0.5, 0.75, 0.95, 0.99)
+_TINY = 1e-12
+_CLAMP = 1e6
+
+STAT_NAMES: tuple[str, ...] = (
+    "log_std",
+    "mean_over_std",
+    "abs_mean_over_rms",
+    "log_rms",
+    "log_kurtosis",
+    "min_z",
+    "max_z",
+    *(f"q{round(q * 100):02d}_z" for q in QUANTILES),
+    "log_frobenius",
+    "log_spectral",
+    "log_stable_rank",
+    "log_fan_in",
+    "log_fan_out",
+    "log_numel",
+)
+N_STATS = len(STAT_NAMES)
+
+
+def _work_dtype(t: torch.Tensor) -> torch.dtype:
+    return torch.float64 if t.dtype == torch.float64 else torch.float32
+
+
+def _blocks(m: torch.Tensor, block: int) -> Iterator[torch.Tensor]:
+    """Row blocks of a 2-D view `[r, n]` holding about `block` values each (views, no copies)."""
+    rows = max(1, block // max(1, m.shape[1]))
+    for r0 in range(0, m.shape[0], rows):
+        yield m[r0 : r0 + rows]
+
+
+def _as_matrix(t: torch.Tensor) -> torch.Tensor:
+    """`[out, fan_in]` for weights, `[n, 1]` for vectors; transposed so rows are the short side.
+
+    Short rows keep row blocks small and let one pass do `v <- A^T A v` block by block.
+    """
+    m = t.reshape(t.shape[0], -1) if t.ndim >= 2 else t.reshape(-1, 1)
+    return m.T if m.shape[1] > m.shape[0] else m
+
+
+def subsample(t: torch.Tensor, n: int = SAMPLE) -> torch.Tensor:
+    """Up to `n` values of `t` as float64: all of them when `t` is small, else a fixed evenly spaced subset.
+
+    Indices are `floor(i * numel / n)`: spread over the whole part, the same for the same shape, and not
+    aligned with any row length (the step is not an integer in general).
+    """
+    flat = t.reshape(-1)
+    if flat.numel() <= n:
+        return flat.to(torch.float64)
+    idx = (torch.arange(n, dtype=torch.float64) * (flat.numel() / n)).long()  # [n] sorted
+    return flat[idx].to(torch.float64)
+
+
+def _log(x: float) -> float:
+    return math.log(max(x, _TINY))
+
+
+def _finite(x: float) -> float:
+    return float(min(max(x, -_CLAMP), _CLAMP)) if math.isfinite(x) else 0.0
+
+
+def part_stats(t: torch.Tensor, block: int = BLOCK_ELEMS, power_iters: int = POWER_ITERS) -> torch.Tensor:
+    """`[N_STATS]` float32 statistics of all values of `t` (any float dtype, any shape, read block-wise).
+
+    Matrix statistics (spectral norm, stable rank) need `t.ndim >= 2`; for vectors (biases, norms) they are 0.
+    """
+    return stats_and_scale(t, block, power_iters)[0]
+
+
+def stats_and_scale(
+    t: torch.Tensor, block: int = BLOCK_ELEMS, power_iters: int = POWER_ITERS
+) -> tuple[torch.Tensor, float]:
+    """`part_stats` and the divisor that standardises the part's values: its std (its RMS when constant, 1
+    when all zero), in float64 precision (the log in the vector would round it)."""
+    n = t.numel()
+    if n == 0:
+        return torch.zeros(N_STATS, dtype=torch.float32), 1.0
+    wd = _work_dtype(t)
+    sample = subsample(t)
+    shift = float(sample.mean())
+    scale = float(sample.std(correction=0)) if sample.numel() > 1 else 0.0
+    if not (math.isfinite(scale) and scale > 0):
+        scale = float(sample.abs().max()) or 1.0
+    if not math.isfinite(scale) or not math.isfinite(shift):
+        shift, scale = 0.0, 1.0
+    a = _as_matrix(t)
+    matrix = t.ndim >= 2 and min(a.shape) > 1
+    gen = torch.Generator().manual_seed(0)
+    v = torch.randn(a.shape[1], generator=gen, dtype=torch.float64).to(wd)  # [k] power-iteration vector
+    sums = [0.0] * 5  # z, z^2, z^3, z^4, |x / scale| with z = (x - shift) / scale
+    lo, hi = math.inf, -math.inf
+    rayleigh = 0.0
+    for it in range(max(1, power_iters) if matrix else 1):
+        v = v / v.norm().clamp_min(_TINY)
+        acc = torch.zeros_like(v)
+        wv2 = 0.0
+        for blk in _blocks(a, block):
+            y = blk.to(wd, copy=True).mul_(1.0 / scale)  # [r, k] a private copy: the source may be a read-only mmap
+            if matrix:
+                u = y @ v  # [r]
+                wv2 += float(torch.dot(u, u))
+                acc += y.T @ u  # [k]
+            if it == 0:
+                sums[4] += float(y.abs().sum())
+                z = y.sub_(shift / scale).reshape(-1)  # [r*k] shifted so the moments do not cancel
+                lo, hi = min(lo, float(z.amin())), max(hi, float(z.amax()))
+                z2 = z * z
+                p = (float(z.sum()), float(z2.sum()), float(torch.dot(z2, z)), float(torch.dot(z2, z2)))
+                if not all(math.isfinite(x) for x in p):  # float32 overflow of z^4: redo this block in float64
+                    zd = z.double()
+                    p = (float(zd.sum()), float(zd.square().sum()), float(zd.pow(3).sum()), float(zd.pow(4).sum()))
+                for i in range(4):
+                    sums[i] += p[i]
+        rayleigh = wv2  # ||A v||^2 with ||v|| = 1, in units of scale^2
+        v = acc
+    s1, s2, s3, s4, sabs = sums
+    return _assemble(t, n, shift, scale, (s1, s2, s3, s4, sabs, lo, hi), sample, rayleigh if matrix else 0.0)
+
+
+def _assemble(
+    t: torch.Tensor, n: int, shift: float, scale: float, acc: tuple[float, ...], sample: torch.Tensor,
+    rayleigh: float,
+) -> tuple[torch.Tensor, float]:
+    """Turn the accumulated sums (in units of `scale`, shifted by `shift`) into the statistics vector."""
+    s1, s2, s3, s4, sabs, lo, hi = acc
+    m1 = s1 / n  # mean of z = (x - shift) / scale
+    var = max(s2 / n - m1 * m1, 0.0)
+    mu4 = s4 / n - 4 * m1 * s3 / n + 6 * m1 * m1 * s2 / n - 3 * m1**4
+    std_z = math.sqrt(var)
+    flat = std_z <= 1e-6 * max(abs(m1), abs(shift / scale), _TINY)  # constant up to rounding
+    mean = shift + scale * m1
+    std = scale * std_z if not flat else 0.0
+    ms_z = s2 / n + 2 * (shift / scale) * m1 + (shift / scale) ** 2  # mean of (x / scale)^2
+    rms = scale * math.sqrt(max(ms_z, 0.0))
+    fro = rms * math.sqrt(n)
+    if flat:
+        z_stats = [0.0] * (3 + len(QUANTILES))
+        kurt = 1.0
+    else:
+        qs = torch.quantile(sample, torch.tensor(QUANTILES, dtype=torch.float64)).tolist() if sample.numel() > 1 else [mean] * len(QUANTILES)
+        z_stats = [mean / std, (lo - m1) / std_z, (hi - m1) / std_z] + [(q - mean) / std for q in qs]
+        kurt = mu4 / (var * var)
+    spec = scale * math.sqrt(max(rayleigh, 0.0))
+    fan_out = t.shape[0] if t.ndim >= 1 else 1
+    fan_in = n // max(fan_out, 1) if t.ndim >= 2 else 1
+    out = [
+        _log(std), z_stats[0], (scale * sabs / n) / rms if rms > 0 else 0.0, _log(rms), _log(kurt),
+        z_stats[1], z_stats[2], *z_stats[3:],
+        _log(fro), _log(spec) if rayleigh > 0 else 0.0, _log(fro * fro / (spec * spec)) if rayleigh > 0 and spec > 0 else 0.0,
+        math.log(max(fan_in, 1)), math.log(max(fan_out, 1)), math.log(n),
+    ]
+    divisor = std if std > 0 and math.isfinite(std) else rms if rms > 0 and math.isfinite(rms) else 1.0
+    return torch.tensor([_finite(x) for x in out], dtype=torch.float32), divisor  # [N_STATS], scalar

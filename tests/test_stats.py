@@ -1,0 +1,106 @@
+import math
+
+import pytest
+import torch
+
+from model.stats import N_STATS, QUANTILES, STAT_NAMES, part_stats, subsample
+
+
+def _named(t: torch.Tensor, **kw) -> dict[str, float]:
+    s = part_stats(t, **kw)
+    assert s.shape == (N_STATS,) and s.dtype == torch.float32
+    return dict(zip(STAT_NAMES, s.tolist()))
+
+
+def _reference(t: torch.Tensor) -> dict[str, float]:
+    x = t.double().reshape(-1)
+    mean, std = x.mean(), x.std(correction=0)
+    q = torch.quantile(x, torch.tensor(QUANTILES, dtype=torch.float64))
+    m = t.double().reshape(t.shape[0], -1)
+    return {
+        "log_std": math.log(std),
+        "mean_over_std": float(mean / std),
+        "abs_mean_over_rms": float(x.abs().mean() / x.square().mean().sqrt()),
+        "log_rms": math.log(x.square().mean().sqrt()),
+        "log_kurtosis": math.log(((x - mean) ** 4).mean() / std**4),
+        "min_z": float((x.min() - mean) / std),
+        "max_z": float((x.max() - mean) / std),
+        **{f"q{round(p * 100):02d}_z": float((v - mean) / std) for p, v in zip(QUANTILES, q)},
+        "log_frobenius": math.log(x.norm()),
+        "log_spectral": math.log(torch.linalg.matrix_norm(m, 2)),
+        "log_fan_in": math.log(m.shape[1]),
+        "log_fan_out": math.log(m.shape[0]),
+        "log_numel": math.log(x.numel()),
+    }
+
+
+@pytest.mark.parametrize("shape", [(40, 700), (700, 40), (12, 6, 3, 3)])
+def test_exact_over_all_values_block_by_block(shape):
+    torch.manual_seed(0)
+    # a dominant direction (as trained weights have) plus a heavy-tailed, shifted bulk
+    t = torch.distributions.StudentT(5.0).sample(shape) * 0.03 + 0.01
+    m = t.reshape(shape[0], -1)
+    m += 5.0 * torch.outer(torch.randn(shape[0]), torch.randn(m.shape[1])) / math.sqrt(m.numel())
+    got = _named(t, block=1000)  # many blocks, several per row for the wide shape
+    ref = _reference(t)
+    spectral = ref.pop("log_spectral")
+    for k, v in ref.items():
+        assert got[k] == pytest.approx(v, rel=1e-4, abs=1e-4), k
+    # the spectral norm is a power-iteration estimate: a lower bound, close when one direction dominates
+    assert spectral - 0.02 < got["log_spectral"] <= spectral + 1e-5
+    # stable rank consistent with the two norms it is made of
+    assert got["log_stable_rank"] == pytest.approx(2 * got["log_frobenius"] - 2 * got["log_spectral"], abs=1e-4)
+
+
+def test_block_size_does_not_change_the_result():
+    t = torch.randn(64, 96).to(torch.bfloat16)
+    a, b = part_stats(t, block=100), part_stats(t, block=1 << 20)
+    assert torch.allclose(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_native_bf16_matches_its_float_values():
+    t = (torch.randn(50, 80) * 0.1).to(torch.bfloat16)
+    assert torch.allclose(part_stats(t), part_stats(t.float()), rtol=1e-6, atol=1e-6)
+
+
+def test_scale_and_shift_only_move_the_scale_features():
+    t = torch.randn(30, 30)
+    a, b = _named(t), _named(t * 1000.0)
+    assert b["log_std"] - a["log_std"] == pytest.approx(math.log(1000.0), abs=1e-4)
+    for k in ("log_kurtosis", "min_z", "max_z", "q05_z", "q95_z", "log_stable_rank"):
+        assert a[k] == pytest.approx(b[k], abs=1e-4), k
+
+
+def test_vectors_have_no_matrix_statistics():
+    s = _named(torch.randn(100))
+    assert s["log_spectral"] == 0.0 and s["log_stable_rank"] == 0.0
+    assert s["log_fan_out"] == pytest.approx(math.log(100)) and s["log_fan_in"] == 0.0
+
+
+def test_quantiles_from_a_spread_subsample_when_large():
+    t = torch.arange(3_000_000, dtype=torch.float32)
+    sub = subsample(t, 1000)
+    assert sub.numel() == 1000 and sub[0] == 0 and sub[-1] > 2_990_000  # covers the whole part
+    s = _named(t)
+    assert s["q50_z"] == pytest.approx(0.0, abs=1e-3)
+    assert s["q99_z"] == pytest.approx((0.99 - 0.5) * math.sqrt(12), abs=1e-2)  # uniform: exact at 1e-2
+
+
+@pytest.mark.parametrize(
+    "t",
+    [
+        torch.zeros(5), torch.ones(3, 3), torch.tensor(2.0), torch.tensor([1e30, 0.0, 0.0]),
+        torch.full((4, 4), 3e38), torch.tensor([1e300, -1e300], dtype=torch.float64),
+        torch.tensor([3e38, -3e38, 1.0]), torch.randn(*([1] * 7), 7), torch.tensor([5.0]).to(torch.float16),
+    ],
+    ids=lambda t: f"{t.dtype}-{tuple(t.shape)}",
+)
+def test_always_finite(t):
+    s = part_stats(t)
+    assert s.shape == (N_STATS,) and bool(torch.isfinite(s).all())
+
+
+def test_constant_part_is_marked_constant():
+    s = _named(torch.full((8, 8), 0.25))
+    assert s["log_std"] < -20 and s["log_rms"] == pytest.approx(math.log(0.25), abs=1e-5)
+    assert s["min_z"] == s["max_z"] == s["mean_over_std"] == 0.0
