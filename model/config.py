@@ -1,7 +1,7 @@
 """The SNE configuration: one object, with the paper's sizes (Table 7) and a small CPU-trainable one."""
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
 class SNEConfig(BaseModel):
@@ -11,31 +11,40 @@ class SNEConfig(BaseModel):
 
     name: str = "paper"
     chunk_size: int = Field(32, ge=1, description="c: elements per chunk (a set)")
-    hidden: int = Field(512, ge=4, description="SAB hidden size h")
+    hidden: int = Field(512, ge=4, description="width h of every set block")
     encoding: int = Field(1024, ge=4, description="network encoding size (PMA seed size of the last pool)")
     heads: int = Field(4, ge=1)
-    sab_blocks: int = Field(2, ge=1, description="SABs in each set-to-set stack")
+    sab_blocks: int = Field(2, ge=1, description="SABs in the chunk, layer and network encoders")
+    isab_blocks: int = Field(2, ge=1, description="ISABs in the part encoder (chunks -> part)")
+    inducing: int = Field(32, ge=1, description="inducing points per ISAB: the part encoder costs O(chunks x this)")
     layer_norm: bool = Field(False, description="LayerNorm inside MABs (Table 7: False)")
     head_hidden: int = Field(1000, ge=1, description="width of the predictor MLP (Table 8: 1000)")
-    input_scale: float = Field(
-        1.0, gt=0, description="weights are multiplied by this before the first SAB: trained weights are ~0.1, "
-        "too small next to the SAB biases for the ReLUs to see their spread (embeddings collapse)",
-    )
+    use_chunks: bool = Field(True, description="encode the weights chunk by chunk (the SNE part vector)")
+    use_stats: bool = Field(True, description="add a learned projection of each part's exact statistics")
     slice_tokens: int = Field(
         32768, ge=64, description="set elements per attention call: bounds memory and keeps CPU work in cache"
     )
 
+    @model_validator(mode="after")
+    def _check(self) -> SNEConfig:
+        if self.hidden % self.heads or self.encoding % self.heads:
+            raise ValueError("hidden and encoding must be divisible by heads")
+        if not (self.use_chunks or self.use_stats):
+            raise ValueError("at least one of use_chunks and use_stats must be on")
+        return self
+
 
 CONFIGS: dict[str, SNEConfig] = {
     "paper": SNEConfig(),
-    # LayerNorm and input scaling: without them the embeddings of different checkpoints are nearly identical
-    # at initialisation (across-checkpoint spread ~5e-5 of the feature spread) and CPU-sized training
-    # stays at a constant prediction (measured on the arch1-digits zoo; see README, Default predictor)
+    # CPU-trainable; LayerNorm keeps CPU-sized training off a constant prediction (measured on arch1-digits)
     "small": SNEConfig(
-        name="small", chunk_size=16, hidden=32, encoding=64, heads=2, head_hidden=64, layer_norm=True, input_scale=20.0
+        name="small", chunk_size=16, hidden=32, encoding=64, heads=2, inducing=16, head_hidden=64, layer_norm=True
     ),
     # for tests and smoke runs only: fast, not accurate
-    "tiny": SNEConfig(name="tiny", chunk_size=16, hidden=16, encoding=16, heads=1, sab_blocks=1, head_hidden=16),
+    "tiny": SNEConfig(
+        name="tiny", chunk_size=16, hidden=16, encoding=16, heads=1, sab_blocks=1, isab_blocks=1, inducing=4,
+        head_hidden=16, layer_norm=True,
+    ),
 }
 
 

@@ -2,27 +2,31 @@
 
 All chunks go into one `[N, c]` tensor. Segments are contiguous: the chunks of a part (a layer's weight or
 bias), the parts of a layer and the layers of a checkpoint each occupy one run of rows, described by
-`*_start`/`*_len` index tensors.
+`*_start`/`*_len` index tensors. Per chunk only its values and length are stored; everything else (type,
+depth, exact statistics, chunks before budget sampling) is per part.
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, fields
-from typing import Sequence
 
 import torch
 
 from model.chunking import ChunkedLayer, Chunks, type_id
+from model.stats import N_STATS
 
 
 @dataclass
 class PackedBatch:
-    values: torch.Tensor  # [N, c]
+    values: torch.Tensor  # [N, c] standardised chunk values, zero-padded
     lengths: torch.Tensor  # [N] real values per chunk
-    chunk_type: torch.Tensor  # [N]
-    chunk_level: torch.Tensor  # [N]
     part_start: torch.Tensor  # [P] first chunk of each part
-    part_len: torch.Tensor  # [P]
-    part_level: torch.Tensor  # [P]
+    part_len: torch.Tensor  # [P] chunks encoded (after budget sampling)
+    part_total: torch.Tensor  # [P] chunks of the whole part (before budget sampling)
+    part_type: torch.Tensor  # [P] type id (layer kind x weight/bias)
+    part_level: torch.Tensor  # [P] depth level of the part's layer
+    part_depth: torch.Tensor  # [P] float: level / deepest level of the checkpoint, in [0, 1]
+    part_stats: torch.Tensor  # [P, N_STATS] exact statistics of all values of the part
     layer_start: torch.Tensor  # [L] first part of each layer
     layer_len: torch.Tensor  # [L]
     layer_level: torch.Tensor  # [L]
@@ -39,9 +43,9 @@ class PackedBatch:
 
     @property
     def mask(self) -> torch.Tensor:
-        return torch.arange(self.values.shape[1], device=self.values.device) < self.lengths[:, None]
+        return torch.arange(self.values.shape[1], device=self.values.device) < self.lengths[:, None]  # [N, c]
 
-    def to(self, device: torch.device | str) -> "PackedBatch":
+    def to(self, device: torch.device | str) -> PackedBatch:
         return PackedBatch(**{f.name: getattr(self, f.name).to(device) for f in fields(self)})
 
 
@@ -56,7 +60,7 @@ def _cat_padded(chunks: list[Chunks]) -> torch.Tensor:
     if len(sizes) != 1:
         raise ValueError(f"checkpoints chunked with different chunk sizes {sorted(sizes)} cannot share a batch")
     c = sizes.pop()
-    out = torch.zeros(sum(ch.values.shape[0] for ch in chunks), c, dtype=torch.float32)
+    out = torch.zeros(sum(ch.values.shape[0] for ch in chunks), c, dtype=torch.float32)  # [N, c]
     row = 0
     for ch in chunks:
         q, w = ch.values.shape
@@ -65,33 +69,41 @@ def _cat_padded(chunks: list[Chunks]) -> torch.Tensor:
     return out
 
 
-def pack(checkpoints: Sequence[list[ChunkedLayer]]) -> PackedBatch:
+def pack(checkpoints: Sequence[Sequence[ChunkedLayer]]) -> PackedBatch:
     """One batch from chunked checkpoints (each a list of `ChunkedLayer`)."""
-    chunks, lengths, ctype, clevel = [], [], [], []
-    part_len, part_level, layer_len, layer_level, ckpt_len = [], [], [], [], []
+    chunks: list[Chunks] = []
+    part_len, part_total, part_type, part_level, part_depth = [], [], [], [], []
+    layer_len, layer_level, ckpt_len = [], [], []
     for layers in checkpoints:
+        if not layers:
+            raise ValueError("pack() got a checkpoint without layers")
         ckpt_len.append(len(layers))
+        deepest = max(1, max(layer.level for layer in layers))
         for layer in layers:
             layer_len.append(len(layer.parts))
             layer_level.append(layer.level)
             for role, ch in layer.parts:
-                q = ch.values.shape[0]
+                if ch.values.shape[0] < 1:
+                    raise ValueError(f"layer {layer.name!r}: part {role!r} has no chunks")
                 chunks.append(ch)
-                lengths.append(ch.lengths)
-                ctype.append(torch.full((q,), type_id(layer.kind, role), dtype=torch.int64))
-                clevel.append(torch.full((q,), layer.level, dtype=torch.int64))
-                part_len.append(q)
+                part_len.append(ch.values.shape[0])
+                part_total.append(ch.total)
+                part_type.append(type_id(layer.kind, role))
                 part_level.append(layer.level)
+                part_depth.append(layer.level / deepest)
     if not ckpt_len:
         raise ValueError("pack() needs at least one checkpoint")
+    stats = torch.stack([ch.stats.to(torch.float32) for ch in chunks]) if chunks else torch.zeros(0, N_STATS)
     return PackedBatch(
         values=_cat_padded(chunks),
-        lengths=torch.cat(lengths),
-        chunk_type=torch.cat(ctype),
-        chunk_level=torch.cat(clevel),
+        lengths=torch.cat([ch.lengths for ch in chunks]),
         part_start=_starts(part_len),
         part_len=torch.tensor(part_len, dtype=torch.int64),
+        part_total=torch.tensor(part_total, dtype=torch.int64),
+        part_type=torch.tensor(part_type, dtype=torch.int64),
         part_level=torch.tensor(part_level, dtype=torch.int64),
+        part_depth=torch.tensor(part_depth, dtype=torch.float32),
+        part_stats=stats,  # [P, N_STATS]
         layer_start=_starts(layer_len),
         layer_len=torch.tensor(layer_len, dtype=torch.int64),
         layer_level=torch.tensor(layer_level, dtype=torch.int64),

@@ -1,15 +1,17 @@
 import pytest
 import torch
+from safetensors.torch import save
 
 from model.checkpoint import load_checkpoint
-from model.chunking import Chunks, ChunkedLayer, chunk_checkpoint
+from model.chunking import ChunkedLayer, Chunks, chunk_checkpoint
 from model.config import CONFIGS, SNEConfig
 from model.packing import pack
 from model.sne import SNE
-from safetensors.torch import save
 from tests.nets import BUILDERS, checkpoint_bytes
 
-CFG = SNEConfig(name="test", chunk_size=16, hidden=16, encoding=24, heads=2, head_hidden=16, slice_tokens=512)
+CFG = SNEConfig(
+    name="test", chunk_size=16, hidden=16, encoding=24, heads=2, inducing=4, head_hidden=16, slice_tokens=512
+)
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +52,7 @@ def test_padding_never_changes_output(model, chunked):
         for role, ch in layer.parts:
             v = ch.padded().clone()
             v[~ch.mask] = torch.randn(int((~ch.mask).sum())) * 100
-            parts.append((role, Chunks(v, ch.lengths, ch.size)))
+            parts.append((role, Chunks(v, ch.lengths, ch.size, ch.stats, ch.total)))
         noisy.append(ChunkedLayer(layer.name, layer.kind, layer.level, parts))
     assert torch.allclose(model(pack([noisy])).embedding, base, atol=1e-5)
     # same network padded to a wider slice grouping (different slicing of the packed tensors)
@@ -97,14 +99,65 @@ def test_named_configs():
     assert CONFIGS["paper"].hidden == 512 and CONFIGS["paper"].encoding == 1024 and CONFIGS["paper"].chunk_size == 32
     assert CONFIGS["paper"].sab_blocks == 2 and CONFIGS["paper"].head_hidden == 1000
     assert CONFIGS["small"].hidden < CONFIGS["paper"].hidden
-    with pytest.raises(ValueError):
-        SNE(SNEConfig(hidden=30, heads=4))
+    with pytest.raises(ValueError, match="divisible"):
+        SNEConfig(hidden=30, heads=4)
+    with pytest.raises(ValueError, match="at least one"):
+        SNEConfig(use_chunks=False, use_stats=False)
+
+
+def _with_values(layers, fn):
+    """The same layers with every part's chunk values replaced by `fn(values)` (statistics kept)."""
+    return [
+        ChunkedLayer(l.name, l.kind, l.level, [(r, Chunks(fn(ch.values), ch.lengths, ch.size, ch.stats, ch.total)) for r, ch in l.parts])
+        for l in layers
+    ]
+
+
+def _with_stats(layers, fn):
+    return [
+        ChunkedLayer(l.name, l.kind, l.level, [(r, Chunks(ch.values, ch.lengths, ch.size, fn(ch.stats), ch.total)) for r, ch in l.parts])
+        for l in layers
+    ]
+
+
+@torch.no_grad()
+def test_ablation_flags_switch_each_path_off(chunked):
+    """chunks-only ignores the statistics, statistics-only never looks at the chunk values.
+
+    (Untrained, the chunk path moves the embedding by ~1e-4 for new values: set pooling averages chunks; the
+    threshold 1e-5 is still two orders above float32 rounding of these ~0.3-sized outputs.)"""
+    layers = chunked["arch1"]
+    torch.manual_seed(0)
+    shuffled = _with_values(layers, lambda v: torch.randn_like(v))
+    shifted = _with_stats(layers, lambda s: s + 1.0)
+    for flags, same, differs in [
+        ({"use_stats": False}, shifted, shuffled),
+        ({"use_chunks": False}, shuffled, shifted),
+    ]:
+        m = SNE(CFG.model_copy(update=flags)).eval()
+        base = m(pack([layers])).embedding
+        assert torch.allclose(m(pack([same])).embedding, base, atol=1e-6), flags
+        assert float((m(pack([differs])).embedding - base).abs().max()) > 1e-5, flags
+    assert not hasattr(SNE(CFG.model_copy(update={"use_chunks": False})), "chunk_encoder")
+
+
+def test_fit_stats_standardises_and_travels_with_the_weights(chunked):
+    m = SNE(CFG)
+    b = pack(list(chunked.values()))
+    m.fit_stats(b.part_stats)
+    z = (b.part_stats - m.stats_shift) / m.stats_scale
+    assert torch.allclose(z.mean(0), torch.zeros(z.shape[1]), atol=1e-4)
+    assert "stats_shift" in m.state_dict() and "stats_scale" in m.state_dict()
+    fresh = SNE(CFG)
+    fresh.load_state_dict(m.state_dict())
+    assert torch.equal(fresh.stats_scale, m.stats_scale)
 
 
 @torch.no_grad()
 def test_small_config_embeddings_tell_same_architecture_apart():
     """Same architecture, weights of different scale (as untrained vs trained nets differ): the small config's
-    untrained embeddings must already differ across checkpoints, or training never leaves a constant output."""
+    untrained embeddings must already differ across checkpoints, or training never leaves a constant output.
+    Chunk values are standardised per part, so the scale reaches the encoder through the statistics."""
     from model.checkpoint import checkpoint_from_tensors
     from tests.nets import arch1, state
 
