@@ -133,9 +133,13 @@ def train(
     out: Path = typer.Option(..., help="Predictor output directory (model.safetensors, card.json, ...)."),
     config: str = typer.Option("small", help="Encoder size: small (2 CPU cores) or paper (Table 7; GPU)."),
     epochs: int = typer.Option(12),
-    batch_size: int = typer.Option(8, help="Checkpoints per step (small batches: more steps per CPU minute)."),
-    lr: float = typer.Option(1e-3, help="Adam learning rate (x0.3 at 60 % and 85 % of the epochs)."),
-    clip_grad: float = typer.Option(0.0, help="Clip the gradient norm to this (0 = off)."),
+    batch_size: int = typer.Option(16, help="Checkpoints per step."),
+    lr: float = typer.Option(2e-3, help="Peak AdamW learning rate (linear warm-up, cosine decay)."),
+    weight_decay: float = typer.Option(0.01, help="AdamW weight decay."),
+    warmup: float = typer.Option(0.05, help="Share of the steps spent warming up."),
+    clip_grad: float = typer.Option(1.0, help="Clip the gradient norm to this (0 = off)."),
+    rank_weight: float = typer.Option(1.0, help="Pairwise ranking loss weight beside BCE (0 = off)."),
+    patience: int = typer.Option(0, help="Stop after this many epochs without a better val tau (0 = never)."),
     lir_weight: float = typer.Option(1.0, help="Logit Invariance Regularization weight (0 = off)."),
     lir_fraction: float = typer.Option(0.25, help="Share of each batch also encoded with permuted hidden units."),
     max_train: Optional[int] = typer.Option(None, help="Subsample the train split to this many checkpoints."),
@@ -145,13 +149,14 @@ def train(
     threads: int = typer.Option(2, help="torch threads."),
     name: Optional[str] = typer.Option(None, help="Predictor name in its card."),
 ) -> None:
-    """Train SNE (BCE on test accuracy, Adam, LIR) and save a calibrated predictor; resumes if interrupted."""
+    """Train SNE (BCE + ranking on test accuracy, AdamW, LIR) and save a calibrated predictor; resumes if interrupted."""
     import torch
 
     from model.train import TrainOptions, train as run
 
     torch.set_num_threads(threads)
-    opts = TrainOptions(config=config, epochs=epochs, batch_size=batch_size, lr=lr, lir_weight=lir_weight,
+    opts = TrainOptions(config=config, epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
+                        warmup=warmup, rank_weight=rank_weight, patience=patience, lir_weight=lir_weight,
                         lir_fraction=lir_fraction, clip_grad=clip_grad, max_train=max_train, max_eval=max_eval, seed=seed, device=device, name=name)
     pred = run(zoo_dirs, out, opts)
     console.print(f"saved {pred.name} {pred.version} to {out} (val τ {pred.card['metrics']['val']['kendall_tau']:.3f})")

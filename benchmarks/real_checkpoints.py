@@ -1,0 +1,304 @@
+"""Real-sized checkpoints, end to end: chunks seen vs total, encode seconds, peak RSS; WeightWatcher beside it.
+
+Builds ResNet-18, ViT-B/16, a BERT-base-style encoder, GPT-2 small (fp16) and a 1.1 B Llama-shaped (bf16)
+checkpoint with the real tensor names and shapes, written tensor by tensor with random values of plausible
+scale (so building needs little RAM), then for each, every measurement in its own subprocess (clean peak RSS):
+  - encode: `chunk_file` (header-only admission, streaming statistics, budget sampling) + pack + SNE forward;
+  - WeightWatcher's `analyze()` on the state dict (the usual data-free check), under a time limit.
+Also: the part encoder's cost curve (chunks in one part -> seconds), and budgeted vs full encoding on
+mid-size models (cosine of the embeddings, |delta predicted accuracy|).
+
+Run: `OMP_NUM_THREADS=2 .venv/bin/python -m benchmarks.real_checkpoints [--dir /tmp/ckpts] [--only resnet18]`
+(`--device cuda` adds GPU timings where one exists). Timings are of this machine; compare ratios in one run.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import resource
+import struct
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+Spec = list[tuple[str, tuple[int, ...]]]
+DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}
+
+
+def _ln(p: str, d: int, bias: bool = True) -> Spec:
+    return [(f"{p}.weight", (d,))] + ([(f"{p}.bias", (d,))] if bias else [])
+
+
+def _lin(p: str, o: int, i: int, bias: bool = True) -> Spec:
+    return [(f"{p}.weight", (o, i))] + ([(f"{p}.bias", (o,))] if bias else [])
+
+
+def _bn(p: str, d: int) -> Spec:
+    return [(f"{p}.{k}", (d,)) for k in ("weight", "bias", "running_mean", "running_var")]
+
+
+def resnet18() -> Spec:
+    s: Spec = [("conv1.weight", (64, 3, 7, 7)), *_bn("bn1", 64)]
+    cin = 64
+    for i, c in enumerate((64, 128, 256, 512), 1):
+        for b in range(2):
+            p = f"layer{i}.{b}"
+            s += [(f"{p}.conv1.weight", (c, cin, 3, 3)), *_bn(f"{p}.bn1", c), (f"{p}.conv2.weight", (c, c, 3, 3)), *_bn(f"{p}.bn2", c)]
+            if b == 0 and cin != c:
+                s += [(f"{p}.downsample.0.weight", (c, cin, 1, 1)), *_bn(f"{p}.downsample.1", c)]
+            cin = c
+    return s + _lin("fc", 1000, 512)
+
+
+def vit_b16() -> Spec:
+    d = 768
+    s: Spec = [("cls_token", (1, 1, d)), ("pos_embed", (1, 197, d)), ("patch_embed.proj.weight", (d, 3, 16, 16)), ("patch_embed.proj.bias", (d,))]
+    for i in range(12):
+        p = f"blocks.{i}"
+        s += _ln(f"{p}.norm1", d) + _lin(f"{p}.attn.qkv", 3 * d, d) + _lin(f"{p}.attn.proj", d, d)
+        s += _ln(f"{p}.norm2", d) + _lin(f"{p}.mlp.fc1", 4 * d, d) + _lin(f"{p}.mlp.fc2", d, 4 * d)
+    return s + _ln("norm", d) + _lin("head", 1000, d)
+
+
+def bert(d: int = 768, n: int = 12, ff: int = 3072) -> Spec:
+    s: Spec = [("embeddings.word_embeddings.weight", (30522, d)), ("embeddings.position_embeddings.weight", (512, d)),
+               ("embeddings.token_type_embeddings.weight", (2, d)), *_ln("embeddings.LayerNorm", d)]
+    for i in range(n):
+        p = f"encoder.layer.{i}"
+        for k in ("query", "key", "value"):
+            s += _lin(f"{p}.attention.self.{k}", d, d)
+        s += _lin(f"{p}.attention.output.dense", d, d) + _ln(f"{p}.attention.output.LayerNorm", d)
+        s += _lin(f"{p}.intermediate.dense", ff, d) + _lin(f"{p}.output.dense", d, ff) + _ln(f"{p}.output.LayerNorm", d)
+    return s + _lin("pooler.dense", d, d)
+
+
+def gpt2() -> Spec:
+    d = 768
+    s: Spec = [("wte.weight", (50257, d)), ("wpe.weight", (1024, d))]
+    for i in range(12):
+        p = f"h.{i}"
+        s += _ln(f"{p}.ln_1", d) + [(f"{p}.attn.c_attn.weight", (d, 3 * d)), (f"{p}.attn.c_attn.bias", (3 * d,))]
+        s += [(f"{p}.attn.c_proj.weight", (d, d)), (f"{p}.attn.c_proj.bias", (d,))] + _ln(f"{p}.ln_2", d)
+        s += [(f"{p}.mlp.c_fc.weight", (d, 4 * d)), (f"{p}.mlp.c_fc.bias", (4 * d,))]
+        s += [(f"{p}.mlp.c_proj.weight", (4 * d, d)), (f"{p}.mlp.c_proj.bias", (d,))]
+    return s + _ln("ln_f", d)
+
+
+def llama_1b() -> Spec:
+    d, ff, kv = 2048, 5632, 256
+    s: Spec = [("model.embed_tokens.weight", (32000, d))]
+    for i in range(22):
+        p = f"model.layers.{i}"
+        s += _lin(f"{p}.self_attn.q_proj", d, d, False) + _lin(f"{p}.self_attn.k_proj", kv, d, False)
+        s += _lin(f"{p}.self_attn.v_proj", kv, d, False) + _lin(f"{p}.self_attn.o_proj", d, d, False)
+        s += _lin(f"{p}.mlp.gate_proj", ff, d, False) + _lin(f"{p}.mlp.up_proj", ff, d, False)
+        s += _lin(f"{p}.mlp.down_proj", d, ff, False)
+        s += _ln(f"{p}.input_layernorm", d, False) + _ln(f"{p}.post_attention_layernorm", d, False)
+    return s + _ln("model.norm", d, False) + _lin("lm_head", 32000, d, False)
+
+
+# name -> (spec, safetensors dtype); "minilm" is the 22.7 M BERT-style sentence encoder of the issue
+MODELS = {
+    "resnet18": (resnet18, "F32"), "minilm": (lambda: bert(384, 6, 1536), "F32"), "vit_b16": (vit_b16, "F32"),
+    "bert_base": (bert, "F32"), "gpt2_fp16": (gpt2, "F16"), "llama_1b_bf16": (llama_1b, "BF16"),
+}
+MID_SIZE = ("resnet18", "minilm")  # budgeted vs full encoding is measured on these
+
+
+def _values(name: str, shape: tuple[int, ...], gen: torch.Generator, rows: slice) -> torch.Tensor:
+    """Random values of a plausible scale: norms ~1, variances ~1, means ~0, weights ~N(0, 1/fan_in)."""
+    leaf = name.rsplit(".", 1)[-1]
+    n_rows = rows.stop - rows.start
+    block = (n_rows, *shape[1:]) if shape else ()
+    if leaf == "running_var" or (leaf == "weight" and len(shape) == 1):
+        return 1.0 + 0.1 * torch.randn(block, generator=gen)
+    if leaf in ("bias", "running_mean") or len(shape) <= 1:
+        return 0.02 * torch.randn(block, generator=gen)
+    fan_in = math.prod(shape[1:])
+    return torch.randn(block, generator=gen) / math.sqrt(fan_in)
+
+
+def write_checkpoint(path: Path, spec: Spec, dtype: str, seed: int = 0) -> None:
+    """A safetensors file written tensor by tensor, at most ~64 MB of values in memory at a time."""
+    header, off = {}, 0
+    size = torch.tensor([], dtype=DTYPES[dtype]).element_size()
+    for name, shape in spec:
+        n = math.prod(shape) * size
+        header[name] = {"dtype": dtype, "shape": list(shape), "data_offsets": [off, off + n]}
+        off += n
+    raw = json.dumps(header, separators=(",", ":")).encode()
+    raw += b" " * (-len(raw) % 8)
+    gen = torch.Generator().manual_seed(seed)
+    tmp = path.with_suffix(".tmp")
+    with tmp.open("wb") as f:
+        f.write(struct.pack("<Q", len(raw)) + raw)
+        for name, shape in spec:
+            per_row = math.prod(shape[1:]) if len(shape) > 1 else 1
+            step = max(1, (16 << 20) // per_row)
+            first = shape[0] if shape else 1
+            for r in range(0, first, step):
+                rows = slice(r, min(first, r + step))
+                f.write(_values(name, shape, gen, rows).to(DTYPES[dtype]).contiguous().view(torch.uint8).numpy().tobytes())
+    tmp.rename(path)
+
+
+def ensure(dir_: Path, name: str) -> Path:
+    spec, dtype = MODELS[name]
+    path = dir_ / f"{name}.safetensors"
+    if not path.exists():
+        dir_.mkdir(parents=True, exist_ok=True)
+        write_checkpoint(path, spec(), dtype)
+    return path
+
+
+# ------------------------------------------------------------------------------------- measured in a child
+
+
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def child_encode(path: Path, device: str, budget: str) -> dict:
+    from model.admission import Limits
+
+    from model.chunking import chunk_file
+    from model.packing import pack
+    from model.predictor import Predictor
+
+    pred = Predictor.load().to(device)
+    limits = Limits(max_params=10**10, max_tensors=10**6, max_dim=10**8)
+    if budget == "full":
+        limits = limits.model_copy(update={"layer_chunk_budget": 10**9, "checkpoint_chunk_budget": 10**10})
+    t0 = time.perf_counter()
+    ck = chunk_file(path, pred.config.chunk_size, limits, seed=path.name)
+    t1 = time.perf_counter()
+    with torch.no_grad():
+        out = pred.model(pack([ck.layers]).to(device))
+        emb, acc = out.embedding[0].float().cpu(), float(out.accuracy[0])
+    if device == "cuda":
+        torch.cuda.synchronize()
+    t2 = time.perf_counter()
+    parts = [ch for layer in ck.layers for _, ch in layer.parts]
+    return {
+        "params": int(ck.n_params), "chunks_seen": sum(int(ch.values.shape[0]) for ch in parts),
+        "chunks_total": sum(int(ch.total) for ch in parts), "read_s": t1 - t0, "encode_s": t2 - t0,
+        "rss_mb": _peak_rss_mb(), "embedding": emb.tolist(), "accuracy": acc,
+    }
+
+
+def child_weightwatcher(path: Path) -> dict:
+    import logging
+
+    import weightwatcher as ww
+    from safetensors.torch import load_file
+
+    logging.disable(logging.WARNING)
+    state = {k: v.float() for k, v in load_file(path).items()}  # WeightWatcher works on float32 numpy
+    t0 = time.perf_counter()
+    ww.WeightWatcher(model=state).analyze()
+    return {"ww_s": time.perf_counter() - t0, "rss_mb": _peak_rss_mb()}
+
+
+def run_child(args: list[str], timeout: float) -> dict | None:
+    """Run one measurement in a fresh interpreter; None when it fails or runs past `timeout` seconds."""
+    try:
+        r = subprocess.run([sys.executable, "-m", "benchmarks.real_checkpoints", "--child", *args], check=False,
+                           capture_output=True, text=True, timeout=timeout, env=os.environ.copy())
+    except subprocess.TimeoutExpired:
+        return None
+    if r.returncode != 0:
+        print(f"  ({' '.join(args)} failed: {r.stderr.strip().splitlines()[-1:] or r.returncode})", file=sys.stderr)
+        return None
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+# ------------------------------------------------------------------------------------- the report
+
+
+def cost_curve(sizes: list[int]) -> None:
+    """Seconds to encode ONE part of n chunks: chunk encoder, part encoder (ISAB + PMA) and the sum."""
+    from model.config import get_config
+    from model.sne import SNE
+
+    torch.manual_seed(0)
+    m = SNE(get_config("small")).eval()
+    print(f"## Cost curve: chunks in one part -> seconds (small config, {torch.get_num_threads()} threads)")
+    print("| chunks | chunk encoder s | part encoder s (ISAB+PMA) | total s | old part stack s (SAB, issue 12) |")
+    print("|---|---|---|---|---|")
+    old = {32768: "6.3", 65536: "24", 131072: "93"}
+    for n in sizes:
+        with torch.no_grad():
+            vals = torch.randn(n, 16)  # [n, c]
+            t = time.perf_counter()
+            x = m.chunk_encoder(vals[..., None])  # [n, h]
+            t1 = time.perf_counter()
+            m.part_encoder(x[None])  # [1, h]
+            t2 = time.perf_counter()
+        print(f"| {n:,} | {t1 - t:.2f} | {t2 - t1:.3f} | {t2 - t:.2f} | {old.get(n, '')} |")
+    print()
+
+
+def fmt(x: float | None, spec: str = ".1f") -> str:
+    return "n/a" if x is None else format(x, spec)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--dir", type=Path, default=Path("/work/bench-ckpts"))
+    ap.add_argument("--only", nargs="*", default=list(MODELS))
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--ww-timeout", type=float, default=300.0)
+    ap.add_argument("--encode-timeout", type=float, default=600.0)
+    ap.add_argument("--no-gap", action="store_true", help="skip budgeted vs full encoding")
+    ap.add_argument("--curve", nargs="*", type=int, default=[4096, 32768, 65536, 131072, 262144])
+    ap.add_argument("--child", nargs="*", help=argparse.SUPPRESS)
+    a = ap.parse_args()
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "2")))
+    if a.child:
+        what, path = a.child[0], Path(a.child[1])
+        res = child_weightwatcher(path) if what == "ww" else child_encode(path, a.child[2], a.child[3])
+        print(json.dumps(res))
+        return
+    if a.curve:
+        cost_curve(a.curve)
+    devices = ["cpu"] + (["cuda"] if a.device == "cuda" else [])
+    print(f"## Real checkpoints ({torch.get_num_threads()} CPU threads; default chunk budgets)")
+    print("| checkpoint | params | chunks seen / total | encode s (CPU) | peak RSS MB | WeightWatcher s | WW peak RSS MB "
+          "| WW s / encode s |" + (" encode s (GPU) |" if "cuda" in devices else ""))
+    print("|---|---|---|---|---|---|---|---|" + ("---|" if "cuda" in devices else ""))
+    for name in a.only:
+        path = ensure(a.dir, name)
+        enc = run_child(["encode", str(path), "cpu", "budget"], a.encode_timeout)
+        ww = run_child(["ww", str(path)], a.ww_timeout)
+        gpu = run_child(["encode", str(path), "cuda", "budget"], a.encode_timeout) if "cuda" in devices else None
+        ratio = ww["ww_s"] / enc["encode_s"] if enc and ww else None
+        row = (f"| {name} | {enc['params'] / 1e6:.1f} M | {enc['chunks_seen']:,} / {enc['chunks_total']:,} | "
+               f"{enc['encode_s']:.1f} | {enc['rss_mb']:.0f} |" if enc else f"| {name} | n/a | n/a | n/a | n/a |")
+        row += f" {fmt(ww and ww['ww_s'])} | {fmt(ww and ww['rss_mb'], '.0f')} | {fmt(ratio)} |"
+        if "cuda" in devices:
+            row += f" {fmt(gpu and gpu['encode_s'], '.2f')} |"
+        print(row, flush=True)
+    if a.no_gap:
+        return
+    print("\n## Budgeted vs full encoding (same predictor)")
+    print("| checkpoint | chunks budgeted / full | encode s budgeted / full | cosine(embeddings) | abs delta accuracy |")
+    print("|---|---|---|---|---|")
+    for name in [n for n in MID_SIZE if n in a.only]:
+        path = ensure(a.dir, name)
+        b = run_child(["encode", str(path), "cpu", "budget"], a.encode_timeout)
+        f = run_child(["encode", str(path), "cpu", "full"], a.encode_timeout)
+        if not (b and f):
+            print(f"| {name} | n/a | n/a | n/a | n/a |")
+            continue
+        cos = float(torch.nn.functional.cosine_similarity(torch.tensor(b["embedding"]), torch.tensor(f["embedding"]), 0))
+        print(f"| {name} | {b['chunks_seen']:,} / {f['chunks_seen']:,} | {b['encode_s']:.1f} / {f['encode_s']:.1f} | "
+              f"{cos:.4f} | {abs(b['accuracy'] - f['accuracy']):.4f} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
