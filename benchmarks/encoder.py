@@ -16,11 +16,12 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from model.blocks import sinusoid
 from model.checkpoint import load_checkpoint
 from model.chunking import ChunkedLayer, chunk_checkpoint
 from model.config import get_config
 from model.packing import pack
-from model.sne import SNE, sinusoid
+from model.sne import SNE, STATS_CLAMP, type_encoding
 from tests.nets import arch1, state
 
 
@@ -29,16 +30,20 @@ def loop_forward(model: SNE, layers: list[ChunkedLayer]) -> torch.Tensor:
     """The plain way: every part of every layer of one checkpoint on its own, chunks padded to c and masked."""
     layer_vecs = []
     for layer in layers:
-        part_vecs = []
-        for role, ch in layer.parts:
-            single = pack([[ChunkedLayer(layer.name, layer.kind, layer.level, [(role, ch)])]])
-            x = model.chunk_encoder(single.values, single.chunk_type, single.chunk_level, single.mask)  # padded to c
-            x = model.layer_phi(x[None]) + sinusoid(torch.tensor([layer.level]), x.shape[-1])[:, None, :]
-            part_vecs.append(model.layer_pool(x))
-        layer_vecs.append(model.part_pool(model.part_phi(torch.cat(part_vecs)[None])))
+        single = pack([[layer]])
+        parts = []
+        for p in range(single.part_start.shape[0]):
+            s, n = int(single.part_start[p]), int(single.part_len[p])
+            x = model.chunk_encoder(single.values[s : s + n, :, None], single.mask[s : s + n])  # padded to c
+            parts.append(model.part_encoder(x[None]))
+        token = torch.cat(parts) + type_encoding(single.part_type, model.cfg.hidden) + sinusoid(single.part_level, model.cfg.hidden)
+        z = ((single.part_stats - model.stats_shift) / model.stats_scale).clamp(-STATS_CLAMP, STATS_CLAMP)
+        depth = torch.full((z.shape[0], 1), layer.level / max(1, max(l.level for l in layers)))
+        token = token + model.stats_proj(torch.cat([z, depth], -1))
+        layer_vecs.append(model.layer_encoder(token[None]))
     layers_t = torch.cat(layer_vecs)
     layers_t = layers_t + sinusoid(torch.tensor([l.level for l in layers]), layers_t.shape[-1])
-    return model.net_pool(model.net_phi(layers_t[None]))
+    return model.network_encoder(layers_t[None])
 
 
 def best_of(fn, repeat: int) -> float:

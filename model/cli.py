@@ -140,6 +140,7 @@ def train(
     clip_grad: float = typer.Option(1.0, help="Clip the gradient norm to this (0 = off)."),
     rank_weight: float = typer.Option(1.0, help="Pairwise ranking loss weight beside BCE (0 = off)."),
     patience: int = typer.Option(0, help="Stop after this many epochs without a better val tau (0 = never)."),
+    train_chunks: int = typer.Option(64, help="Chunks per part sampled in each training step (0 = all)."),
     lir_weight: float = typer.Option(1.0, help="Logit Invariance Regularization weight (0 = off)."),
     lir_fraction: float = typer.Option(0.25, help="Share of each batch also encoded with permuted hidden units."),
     max_train: Optional[int] = typer.Option(None, help="Subsample the train split to this many checkpoints."),
@@ -156,7 +157,7 @@ def train(
 
     torch.set_num_threads(threads)
     opts = TrainOptions(config=config, epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
-                        warmup=warmup, rank_weight=rank_weight, patience=patience, lir_weight=lir_weight,
+                        warmup=warmup, rank_weight=rank_weight, patience=patience, train_chunks=train_chunks, lir_weight=lir_weight,
                         lir_fraction=lir_fraction, clip_grad=clip_grad, max_train=max_train, max_eval=max_eval, seed=seed, device=device, name=name)
     pred = run(zoo_dirs, out, opts)
     console.print(f"saved {pred.name} {pred.version} to {out} (val τ {pred.card['metrics']['val']['kendall_tau']:.3f})")

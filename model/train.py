@@ -26,7 +26,7 @@ from rich.progress import Progress
 from safetensors.torch import load_file, save_file
 
 from model.checkpoint import checkpoint_from_tensors
-from model.chunking import ChunkedLayer, chunk_checkpoint
+from model.chunking import ChunkedLayer, Chunks, chunk_checkpoint
 from model.config import get_config
 from model.metrics import conformal_quantiles, kendall_tau
 from model.packing import pack
@@ -46,6 +46,7 @@ class TrainOptions:
     clip_grad: float = 1.0  # max gradient norm (0 = off)
     rank_weight: float = 1.0  # pairwise logistic ranking loss beside BCE (0 = off)
     patience: int = 0  # stop after this many epochs without a better val τ (0 = run all epochs)
+    train_chunks: int = 64  # chunks per part seen in a training step, sampled anew each time (0 = all)
     lir_weight: float = 1.0  # 0 turns Logit Invariance Regularization off
     lir_fraction: float = 0.25  # share of each batch that is also encoded permuted
     gap_weight: float = 1.0
@@ -101,6 +102,25 @@ def permuted_layers(e: Example, gen: torch.Generator, chunk_size: int) -> list[C
     return chunk_checkpoint(checkpoint_from_tensors(random_permute(e.state, e.arch, gen)), chunk_size)
 
 
+def sample_chunks(layers: list[ChunkedLayer], k: int, gen: torch.Generator) -> list[ChunkedLayer]:
+    """The layers with at most `k` random chunks per part (statistics kept): a training-time chunk budget.
+
+    Chunk encoding dominates a step's cost; the part encoder pools a set, so a random subset is an unbiased
+    view of it (and the service encodes large parts under a budget in the same way).
+    """
+    out = []
+    for layer in layers:
+        parts = []
+        for role, ch in layer.parts:
+            q = ch.values.shape[0]
+            if k and q > k:
+                keep = torch.randperm(q, generator=gen)[:k].sort().values  # [k]
+                ch = Chunks(ch.values[keep], ch.lengths[keep], ch.size, ch.stats, ch.total)
+            parts.append((role, ch))
+        out.append(ChunkedLayer(layer.name, layer.kind, layer.level, parts))
+    return out
+
+
 def ranking_loss(logit: torch.Tensor, target: torch.Tensor, margin: float = 0.01) -> torch.Tensor:
     """Pairwise logistic loss over every ordered pair of the batch whose targets differ by more than `margin`."""
     diff = target[:, None] - target[None, :]  # [b, b]
@@ -118,9 +138,14 @@ def lr_factor(step: int, total: int, warmup: float) -> float:
     return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - w) / max(1, total - w))))
 
 
-def lir_penalty(model: SNE, batch: Sequence[Example], logits: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-    """Mean squared change of the logit when each network's hidden units are randomly permuted."""
-    perm = model(pack([permuted_layers(e, gen, model.cfg.chunk_size) for e in batch]))
+def lir_penalty(
+    model: SNE, batch: Sequence[Example], logits: torch.Tensor, gen: torch.Generator, chunks: int = 0
+) -> torch.Tensor:
+    """Mean squared change of the logit when each network's hidden units are randomly permuted.
+
+    With `chunks`, the permuted network is seen through its own random chunk sample, as the original was: the
+    term then also asks for invariance to which chunks were sampled (what a chunk budget needs)."""
+    perm = model(pack([sample_chunks(permuted_layers(e, gen, model.cfg.chunk_size), chunks, gen) for e in batch]))
     return F.mse_loss(perm.logit, logits)
 
 
@@ -203,7 +228,7 @@ def train(zoo_dirs: Sequence[Path], out_dir: Path, opts: TrainOptions, progress:
             for s in range(steps):
                 idx = order[s * opts.batch_size : (s + 1) * opts.batch_size]
                 batch = [train_set[i] for i in idx]
-                out = model(pack([e.layers for e in batch]).to(opts.device))
+                out = model(pack([sample_chunks(e.layers, opts.train_chunks, gen) for e in batch]).to(opts.device))
                 target = y[idx].to(opts.device)
                 loss = F.binary_cross_entropy_with_logits(out.logit, target)
                 if opts.rank_weight > 0:
@@ -211,7 +236,7 @@ def train(zoo_dirs: Sequence[Path], out_dir: Path, opts: TrainOptions, progress:
                 loss = loss + opts.gap_weight * F.mse_loss(out.gap, g[idx].to(opts.device))
                 n_lir = int(round(len(batch) * opts.lir_fraction))
                 if opts.lir_weight > 0 and n_lir > 0:
-                    loss = loss + opts.lir_weight * lir_penalty(model, batch[:n_lir], out.logit[:n_lir], gen)
+                    loss = loss + opts.lir_weight * lir_penalty(model, batch[:n_lir], out.logit[:n_lir], gen, opts.train_chunks)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 if opts.clip_grad > 0:
