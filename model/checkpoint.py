@@ -1,88 +1,84 @@
-"""Read a `.safetensors` checkpoint (never a pickle) and group its tensors into layers.
+"""Read a `.safetensors` checkpoint (never a pickle): the header first, bounded, then one tensor at a time.
 
-Pure functions: bytes or a path in, a `Checkpoint` out. Every malformed input raises `CheckpointError`.
+Cheap-to-send, expensive-to-process things are bounded before any work that scales with them (header bytes,
+metadata, tensor count, dimensions, integer sizes, parameters: `model.admission.Limits`). Tensors are
+zero-copy views of the memory-mapped file (or of the uploaded bytes) in their stored dtype; nothing converts
+the whole model. Every malformed input raises `CheckpointError`.
 """
 from __future__ import annotations
 
 import json
 import math
-import re
+import mmap
 import struct
+import warnings
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from enum import Enum
 from pathlib import Path
+from types import TracebackType
+from typing import Self
 
 import torch
-from safetensors import safe_open
-from safetensors.torch import load as st_load
 
+from model.admission import Limits
 from model.errors import CheckpointError
+from model.layers import (  # noqa: F401  (re-exported: the names others import from here)
+    FLOAT_DTYPES,
+    INT_DTYPES,
+    KIND_IDS,
+    RUNNING_STATS,
+    LayerKind,
+    Skipped,
+    classify,
+    group_layers,
+    natural_key,
+    split_name,
+)
 
-MAX_HEADER_BYTES = 100 * 1024 * 1024
-
-FLOAT_DTYPES = {"F16": 2, "BF16": 2, "F32": 4, "F64": 8}
-INT_DTYPES = {"BOOL": 1, "U8": 1, "I8": 1, "I16": 2, "U16": 2, "I32": 4, "U32": 4, "I64": 8, "U64": 8}
-# Stats that describe the data a model saw, not what it learned: kept out of the encoding.
-RUNNING_STATS = ("running_mean", "running_var")
-
-
-class LayerKind(str, Enum):
-    LINEAR = "linear"
-    CONV1D = "conv1d"
-    CONV2D = "conv2d"
-    CONV3D = "conv3d"
-    NORM = "norm"
-    EMBEDDING = "embedding"
-    OTHER = "other"
-
-
-KIND_IDS = {k: i for i, k in enumerate(LayerKind)}
-
-
-@dataclass(frozen=True)
-class Layer:
-    """One module of the network: its weight and (separately) its bias, float32."""
-
-    name: str
-    kind: LayerKind
-    level: int
-    weight: torch.Tensor | None
-    bias: torch.Tensor | None
-
-    @property
-    def parts(self) -> list[tuple[str, torch.Tensor]]:
-        return [(role, t) for role, t in (("weight", self.weight), ("bias", self.bias)) if t is not None]
-
-    @property
-    def n_params(self) -> int:
-        return sum(t.numel() for _, t in self.parts)
-
-    @property
-    def shape(self) -> list[int]:
-        t = self.weight if self.weight is not None else self.bias
-        return list(t.shape)
+PLAUSIBLE_HEADER_BYTES = 100 * 2**20  # safetensors' own cap: beyond it the file is not safetensors at all
+TORCH_DTYPES = {"F16": torch.float16, "BF16": torch.bfloat16, "F32": torch.float32, "F64": torch.float64}
+DTYPE_NAMES = {v: k for k, v in TORCH_DTYPES.items()}
+_HUGE = 2**63  # what an integer of more than 18 digits parses as: above every bound, and never multiplied
+FINITE_BLOCK = 1 << 18
+# Views of uploaded bytes are read-only buffers; they are only ever read (copies are made before any write).
+warnings.filterwarnings("ignore", message="The given buffer is not writable")
 
 
 @dataclass(frozen=True)
-class Skipped:
+class TensorRef:
+    """Where one tensor lives: `begin`/`end` are byte offsets from the start of the file."""
+
     name: str
     dtype: str
-    shape: list[int]
-    reason: str
+    shape: tuple[int, ...]
+    begin: int
+    end: int
+
+    @property
+    def numel(self) -> int:
+        return math.prod(self.shape)
 
 
 @dataclass(frozen=True)
-class Checkpoint:
-    layers: list[Layer]
-    skipped: list[Skipped] = field(default_factory=list)
+class Header:
+    tensors: dict[str, TensorRef]
     metadata: dict[str, str] = field(default_factory=dict)
+
+    def entries(self) -> Iterator[tuple[str, str, tuple[int, ...]]]:
+        return ((t.name, t.dtype, t.shape) for t in self.tensors.values())
 
     @property
     def n_params(self) -> int:
-        return sum(layer.n_params for layer in self.layers)
+        return sum(t.numel for t in self.tensors.values())
+
+    @classmethod
+    def of_tensors(cls, tensors: Mapping[str, torch.Tensor]) -> Header:
+        """The header an in-memory state dict would have (offsets unused)."""
+        refs = {k: TensorRef(k, DTYPE_NAMES.get(t.dtype, "I64"), tuple(t.shape), 0, 0) for k, t in tensors.items()}
+        return cls(refs)
 
 
-# --------------------------------------------------------------------------------------------- reading
+# --------------------------------------------------------------------------------------------- header
 
 
 def _sniff(prefix: bytes) -> None:
@@ -101,187 +97,288 @@ def _sniff(prefix: bytes) -> None:
         )
 
 
-def parse_header(prefix: bytes, total_size: int) -> tuple[dict, dict[str, str], int]:
-    """Validate the safetensors header held in `prefix`; return (entries, metadata, data start)."""
+def header_length(prefix: bytes, total_size: int, limits: Limits) -> int:
+    """The header's byte length from the first 9 bytes, refused when implausible or over the limit."""
     if total_size < 8 or len(prefix) < 8:
         _sniff(prefix)
         raise CheckpointError("not_safetensors", f"{total_size} bytes is too short to be a safetensors file")
     (n,) = struct.unpack("<Q", prefix[:8])
-    if not (0 < n <= MAX_HEADER_BYTES and 8 + n <= total_size and prefix[8:9] == b"{"):
+    if not (0 < n <= PLAUSIBLE_HEADER_BYTES and 8 + n <= total_size and prefix[8:9] == b"{"):
         _sniff(prefix)  # not shaped like safetensors: name the usual culprits first
-    if n == 0 or n > MAX_HEADER_BYTES:
+    if n == 0 or n > PLAUSIBLE_HEADER_BYTES:
         raise CheckpointError("not_safetensors", f"header length {n} is not a plausible safetensors header")
     if 8 + n > total_size:
         raise CheckpointError("truncated", f"header claims {n} bytes but the file has only {total_size - 8} after it")
+    if prefix[8:9] != b"{":
+        raise CheckpointError("not_safetensors", "no JSON header at the start of the file: not a safetensors file")
+    if n > limits.max_header_bytes:
+        raise CheckpointError(
+            "header_too_large", f"the header is {n:,} bytes, more than {limits.max_header_bytes:,} (SNE_MAX_HEADER_BYTES)"
+        )
+    return n
+
+
+def _bounded_int(digits: str) -> int:
+    return int(digits) if len(digits) <= 18 else _HUGE  # never convert thousands of digits
+
+
+def _reject_constant(name: str) -> None:
+    raise ValueError(f"{name} is not allowed in a header")
+
+
+def parse_header(prefix: bytes, total_size: int, limits: Limits) -> tuple[Header, int]:
+    """Validate the header held in `prefix` (at least its first 8 + n bytes); return it and the data start."""
+    n = header_length(prefix, total_size, limits)
     if len(prefix) < 8 + n:
         raise CheckpointError("truncated", "header is cut short")
-    raw = prefix[8 : 8 + n]
-    if raw[:1] != b"{":
-        raise CheckpointError("not_safetensors", "no JSON header at the start of the file: not a safetensors file")
     try:
-        header = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raw = json.loads(prefix[8 : 8 + n].decode("utf-8"), parse_int=_bounded_int, parse_constant=_reject_constant)
+    except (UnicodeDecodeError, ValueError, RecursionError) as e:
         raise CheckpointError("bad_header", f"header is not valid JSON: {e}") from None
-    if not isinstance(header, dict):
+    if not isinstance(raw, dict):
         raise CheckpointError("bad_header", "header is not a JSON object")
-    metadata = header.pop("__metadata__", None) or {}
-    if not isinstance(metadata, dict):
-        raise CheckpointError("bad_header", "__metadata__ is not an object")
+    metadata = _check_metadata(raw.pop("__metadata__", None) or {}, limits)
+    if len(raw) > limits.max_tensors:
+        raise CheckpointError(
+            "too_many_tensors", f"the checkpoint has {len(raw):,} tensors, more than {limits.max_tensors:,} (SNE_MAX_TENSORS)"
+        )
     data_len = total_size - 8 - n
-    for name, info in header.items():
-        _check_entry(name, info, data_len)
-    return header, {str(k): str(v) for k, v in metadata.items()}, 8 + n
+    tensors, params = {}, 0
+    for name, info in raw.items():
+        ref = _check_entry(name, info, data_len, limits)
+        tensors[name] = TensorRef(name, ref.dtype, ref.shape, 8 + n + ref.begin, 8 + n + ref.end)
+        params += ref.numel
+        if params > limits.max_params:
+            largest = sorted(tensors.values(), key=lambda t: -t.numel)[:3]
+            raise CheckpointError(
+                "too_many_params",
+                f"the checkpoint has more than {limits.max_params:,} parameters (SNE_MAX_PARAMS); largest tensors: "
+                + ", ".join(f"{t.name} {list(t.shape)}" for t in largest),
+            )
+    return Header(tensors, metadata), 8 + n
 
 
-def _check_entry(name: str, info: object, data_len: int) -> None:
+def _check_metadata(meta: object, limits: Limits) -> dict[str, str]:
+    if not isinstance(meta, dict):
+        raise CheckpointError("bad_header", "__metadata__ is not an object")
+    if len(meta) > limits.max_metadata_entries:
+        raise CheckpointError(
+            "metadata_too_large",
+            f"__metadata__ has {len(meta):,} entries, more than {limits.max_metadata_entries:,} (SNE_MAX_METADATA_ENTRIES)",
+        )
+    if not all(isinstance(v, str) for v in meta.values()):
+        raise CheckpointError("bad_header", "__metadata__ values must be strings")
+    size = sum(len(k) + len(v) for k, v in meta.items())
+    if size > limits.max_metadata_bytes:
+        raise CheckpointError(
+            "metadata_too_large",
+            f"__metadata__ holds {size:,} characters, more than {limits.max_metadata_bytes:,} (SNE_MAX_METADATA_BYTES)",
+        )
+    return dict(meta)
+
+
+def _check_entry(name: str, info: object, data_len: int, limits: Limits) -> TensorRef:
+    """One tensor's entry, each check bounded before the next scales with it (ndim before the sizes)."""
     if not isinstance(info, dict) or not {"dtype", "shape", "data_offsets"} <= info.keys():
         raise CheckpointError("bad_header", f"tensor {name!r}: entry needs dtype, shape and data_offsets")
     dtype, shape, offsets = info["dtype"], info["shape"], info["data_offsets"]
-    size = FLOAT_DTYPES.get(dtype) or INT_DTYPES.get(dtype)
+    size = FLOAT_DTYPES.get(dtype) or INT_DTYPES.get(dtype) if isinstance(dtype, str) else None
     if size is None:
         raise CheckpointError(
             "unsupported_dtype",
-            f"tensor {name!r} has dtype {dtype!r}; supported are F16, BF16, F32, F64 (integer tensors are skipped)",
+            f"tensor {name!r} has dtype {str(dtype)[:20]!r}; supported are F16, BF16, F32, F64 (integer tensors are skipped)",
         )
-    if not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0 for d in shape):
-        raise CheckpointError("bad_header", f"tensor {name!r}: shape {shape!r} is not a list of sizes")
+    if not isinstance(shape, list):
+        raise CheckpointError("bad_header", f"tensor {name!r}: shape is not a list of sizes")
+    if len(shape) > limits.max_ndim:
+        raise CheckpointError(
+            "too_many_dims", f"tensor {name!r} has {len(shape)} dimensions, more than {limits.max_ndim} (SNE_MAX_TENSOR_DIMS)"
+        )
+    if not all(type(d) is int and d >= 0 for d in shape):
+        raise CheckpointError("bad_header", f"tensor {name!r}: shape {str(shape)[:80]} is not a list of sizes")
+    if any(d > limits.max_dim for d in shape):
+        raise CheckpointError(
+            "dim_too_large", f"tensor {name!r} has a dimension above {limits.max_dim:,} (SNE_MAX_DIM_SIZE)"
+        )
+    numel = math.prod(shape)  # at most max_ndim factors, each bounded: a small integer
     if (
         not isinstance(offsets, list)
         or len(offsets) != 2
-        or not all(isinstance(o, int) for o in offsets)
+        or not all(type(o) is int for o in offsets)
         or not 0 <= offsets[0] <= offsets[1]
     ):
-        raise CheckpointError("bad_offsets", f"tensor {name!r}: data_offsets {offsets!r} are not [begin, end]")
+        raise CheckpointError("bad_offsets", f"tensor {name!r}: data_offsets {str(offsets)[:80]} are not [begin, end]")
     if offsets[1] > data_len:
         raise CheckpointError(
             "truncated", f"tensor {name!r} ends at byte {offsets[1]} but the data section has {data_len} bytes"
         )
-    if offsets[1] - offsets[0] != math.prod(shape) * size:
+    if offsets[1] - offsets[0] != numel * size:
         raise CheckpointError(
-            "bad_offsets", f"tensor {name!r}: offsets span {offsets[1] - offsets[0]} bytes, shape {shape} needs "
-            f"{math.prod(shape) * size}"
+            "bad_offsets",
+            f"tensor {name!r}: offsets span {offsets[1] - offsets[0]} bytes, shape {shape} needs {numel * size}",
         )
+    return TensorRef(name, dtype, tuple(shape), offsets[0], offsets[1])
 
 
-def read_tensors(source: str | Path | bytes) -> tuple[dict[str, torch.Tensor], dict, dict[str, str]]:
-    """Tensors, header entries and metadata of a safetensors file given as a path or its bytes."""
-    try:
-        if isinstance(source, (bytes, bytearray, memoryview)):
-            data = bytes(source)
-            header, metadata, _ = parse_header(data[: 8 + MAX_HEADER_BYTES], len(data))
-            return st_load(data), header, metadata
-        path = Path(source)
-        total = path.stat().st_size
-        with open(path, "rb") as f:
-            prefix = f.read(8)
-            if len(prefix) == 8:
-                (n,) = struct.unpack("<Q", prefix)
-                if 0 < n <= min(MAX_HEADER_BYTES, total):
-                    prefix += f.read(n)
-        header, metadata, _ = parse_header(prefix, total)
-        with safe_open(path, framework="pt") as f:
-            return {k: f.get_tensor(k) for k in f.keys()}, header, metadata
-    except CheckpointError:
-        raise
-    except OSError as e:
-        raise CheckpointError("unreadable", f"cannot read checkpoint: {e.strerror or e}") from None
-    except Exception as e:  # the library's own validation (SafetensorError and friends)
-        raise CheckpointError("invalid_safetensors", f"safetensors refused the file: {e}") from None
+# --------------------------------------------------------------------------------------------- tensors
 
 
-# --------------------------------------------------------------------------------------------- grouping
+class CheckpointFile:
+    """An open checkpoint: its bounded header and zero-copy, one-at-a-time access to its tensors.
 
-_NUM = re.compile(r"(\d+)")
-
-
-def natural_key(name: str) -> tuple:
-    """Sort key that puts `blocks.2` before `blocks.10` (depth order, not alphabetical)."""
-    return tuple((0, int(p), "") if p.isdigit() else (1, 0, p) for p in _NUM.split(name) if p)
-
-
-def split_name(key: str) -> tuple[str, str]:
-    """`features.0.weight` -> (`features.0`, `weight`); `attn.in_proj_bias` -> (`attn.in_proj`, `bias`).
-
-    A bare parameter (`cls_token`) is its own module with role `param`.
+    Use as a context manager: the file and its mapping are closed on exit. Views handed out keep the mapping
+    alive (never dangling); `closed_cleanly` says whether none was left when it closed.
     """
-    module, _, last = key.rpartition(".")
-    if last in ("weight", "bias"):
-        return module or last, last
-    for role in ("weight", "bias"):
-        if last.endswith("_" + role):
-            stem = last[: -len(role) - 1]
-            return (f"{module}.{stem}" if module else stem), role
-    return key, "param"
+
+    def __init__(self, source: str | Path | bytes | bytearray | memoryview, limits: Limits) -> None:
+        self._file = None
+        self._map: mmap.mmap | None = None
+        self._buf: memoryview | None = None
+        self.closed_cleanly = False
+        try:
+            if isinstance(source, (bytes, bytearray, memoryview)):
+                self._buf = memoryview(source).cast("B")
+                self.header, self.data_start = parse_header(
+                    bytes(self._buf[: 8 + min(limits.max_header_bytes, PLAUSIBLE_HEADER_BYTES) + 1]), len(self._buf), limits
+                )
+            else:
+                self._file = open(source, "rb")  # noqa: SIM115  (closed by close())
+                size = Path(source).stat().st_size
+                prefix = self._file.read(9)
+                n = header_length(prefix, size, limits)
+                prefix += self._file.read(n - 1)
+                self.header, self.data_start = parse_header(prefix, size, limits)
+        except OSError as e:
+            self.close()
+            raise CheckpointError("unreadable", f"cannot read checkpoint: {e.strerror or e}") from None
+        except BaseException:
+            self.close()
+            raise
+
+    def tensor(self, ref: TensorRef) -> torch.Tensor:
+        """The tensor in its stored dtype, viewing the file's bytes (a copy only if misaligned)."""
+        dtype = TORCH_DTYPES[ref.dtype]
+        if ref.numel == 0:
+            return torch.empty(ref.shape, dtype=dtype)
+        if self._file is not None and self._map is None:  # mapped on first use: header-only reads map nothing
+            self._map = mmap.mmap(self._file.fileno(), 0, access=mmap.ACCESS_COPY)
+            self._buf = memoryview(self._map)
+        raw: memoryview | bytearray = self._buf[ref.begin : ref.end]
+        if ref.begin % dtype.itemsize:
+            raw = bytearray(raw)  # unaligned data: vectorised kernels want aligned elements
+        return torch.frombuffer(raw, dtype=dtype, count=ref.numel).view(ref.shape)
+
+    def release(self, ref: TensorRef) -> None:
+        """Drop the pages a tensor was read from, so resident memory stays near one tensor, not the file."""
+        if self._map is None or ref.end <= ref.begin:
+            return
+        start = ref.begin - ref.begin % mmap.PAGESIZE
+        try:
+            self._map.madvise(mmap.MADV_DONTNEED, start, ref.end - start)
+        except (OSError, ValueError, AttributeError):
+            pass  # an optimisation only
+
+    def close(self) -> None:
+        try:
+            if self._buf is not None:
+                self._buf.release()
+            if self._map is not None:
+                self._map.close()
+            self.closed_cleanly = True
+        except BufferError:
+            self.closed_cleanly = False  # a view is still alive: the mapping goes when it does
+        if self._file is not None:
+            self._file.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        self.close()
 
 
-def classify(name: str, weight: torch.Tensor | None, bare: bool = False) -> LayerKind:
-    """Layer type from the weight's rank, with embeddings recognised by name.
-
-    `bare` parameters (no `.weight`/`.bias` module) are not conv or linear weights whatever their rank.
-    """
-    low = name.lower()
-    if weight is None:
-        return LayerKind.OTHER
-    if "embed" in low or low.endswith(("wte", "wpe")):
-        if weight.ndim == 2 or bare:
-            return LayerKind.EMBEDDING
-    if bare:
-        return LayerKind.OTHER
-    by_rank = {1: LayerKind.NORM, 2: LayerKind.LINEAR, 3: LayerKind.CONV1D, 4: LayerKind.CONV2D, 5: LayerKind.CONV3D}
-    return by_rank.get(weight.ndim, LayerKind.OTHER)
+def all_finite(t: torch.Tensor, block: int = FINITE_BLOCK) -> bool:
+    """NaN/Inf check block by block, any shape: a sum per block, exact min/max where the sum overflows."""
+    flat = t.reshape(-1)
+    wide = torch.float32 if t.dtype in (torch.float16, torch.bfloat16) else None
+    for i in range(0, flat.numel(), block):
+        b = flat[i : i + block]
+        fast = bool(torch.isfinite(b.sum(dtype=wide)))  # NaN and Inf survive a sum; an overflow is re-checked
+        if not fast and not (bool(torch.isfinite(b.amax())) and bool(torch.isfinite(b.amin()))):
+            return False
+    return True
 
 
-def _all_finite(t: torch.Tensor) -> bool:
-    """NaN/Inf check at the cost of one sum: NaN and Inf survive a sum; an overflowing sum is re-checked."""
-    return bool(torch.isfinite(t.sum())) or bool(torch.isfinite(t).all())
+def check_finite(name: str, t: torch.Tensor) -> None:
+    if not all_finite(t):
+        raise CheckpointError("non_finite", f"tensor {name!r} contains NaN or Inf values")
 
 
-def group_layers(tensors: dict[str, torch.Tensor], header: dict) -> tuple[list[Layer], list[Skipped]]:
-    """Group floating tensors into layers ordered by natural depth; report what was left out and why."""
-    skipped: list[Skipped] = []
-    modules: dict[str, dict[str, torch.Tensor]] = {}
-    for key in sorted(tensors, key=natural_key):
-        t = tensors[key]
-        dtype = header.get(key, {}).get("dtype", str(t.dtype))
-        if dtype in INT_DTYPES or not t.is_floating_point():
-            skipped.append(Skipped(key, dtype, list(t.shape), "integer tensor (e.g. num_batches_tracked)"))
-            continue
-        if key.rsplit(".", 1)[-1] in RUNNING_STATS:
-            skipped.append(Skipped(key, dtype, list(t.shape), "normalization running statistic"))
-            continue
-        if t.numel() == 0:
-            skipped.append(Skipped(key, dtype, list(t.shape), "empty tensor"))
-            continue
-        t = t.to(torch.float32)
-        if not _all_finite(t):
-            raise CheckpointError("non_finite", f"tensor {key!r} contains NaN or Inf values")
-        module, role = split_name(key)
-        parts = modules.setdefault(module, {})
-        if role in parts or (role == "param" and parts) or "param" in parts:
-            module, role = key, "param"  # name clash (e.g. `x.weight` and `x_weight`): keep both, apart
-            parts = modules.setdefault(module, {})
-        parts[role] = t
-    layers = []
-    for level, name in enumerate(sorted(modules, key=natural_key)):
-        parts = modules[name]
-        bare = "param" in parts
-        w, b = parts.get("param", parts.get("weight")), parts.get("bias")
-        layers.append(Layer(name, classify(name, w, bare), level, w, b))
-    return layers, skipped
+def read_header(source: str | Path | bytes, limits: Limits) -> Header:
+    """The bounded header of a file or bytes, without reading (or mapping) any tensor."""
+    with CheckpointFile(source, limits) as f:
+        return f.header
 
 
-def load_checkpoint(source: str | Path | bytes) -> Checkpoint:
-    """Parse a safetensors checkpoint (path or bytes) into layers; raise `CheckpointError` when it is bad."""
-    tensors, header, metadata = read_tensors(source)
-    layers, skipped = group_layers(tensors, header)
-    if not layers:
+# --------------------------------------------------------------------------------------------- in memory
+
+
+@dataclass(frozen=True)
+class Layer:
+    """One module with float32 copies of its weight and bias: for small in-memory checkpoints only."""
+
+    name: str
+    kind: LayerKind
+    level: int
+    weight: torch.Tensor | None
+    bias: torch.Tensor | None
+
+    @property
+    def parts(self) -> list[tuple[str, torch.Tensor]]:
+        return [(role, t) for role, t in (("weight", self.weight), ("bias", self.bias)) if t is not None]
+
+    @property
+    def n_params(self) -> int:
+        return sum(t.numel() for _, t in self.parts)
+
+    @property
+    def shape(self) -> list[int]:
+        t = self.weight if self.weight is not None else self.bias
+        return list(t.shape) if t is not None else []
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    layers: list[Layer]
+    skipped: list[Skipped] = field(default_factory=list)
+    metadata: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def n_params(self) -> int:
+        return sum(layer.n_params for layer in self.layers)
+
+
+def _materialise(header: Header, get: object, metadata: dict[str, str]) -> Checkpoint:
+    specs, skipped = group_layers(header.entries())
+    if not specs:
         raise CheckpointError("no_layers", "the checkpoint holds no floating-point weights to encode")
+    layers = []
+    for spec in specs:
+        roles: dict[str, torch.Tensor] = {}
+        for p in spec.parts:
+            t = get(p.key)  # type: ignore[operator]
+            check_finite(p.key, t)
+            roles[p.role] = t.to(torch.float32, copy=True)
+        layers.append(Layer(spec.name, spec.kind, spec.level, roles.get("param", roles.get("weight")), roles.get("bias")))
     return Checkpoint(layers, skipped, metadata)
 
 
-def checkpoint_from_tensors(tensors: dict[str, torch.Tensor]) -> Checkpoint:
+def load_checkpoint(source: str | Path | bytes, limits: Limits | None = None) -> Checkpoint:
+    """All layers of a (small) checkpoint as float32 copies, in depth order. Large files: `chunk_file`."""
+    with CheckpointFile(source, limits or Limits()) as f:
+        return _materialise(f.header, lambda k: f.tensor(f.header.tensors[k]), f.header.metadata)
+
+
+def checkpoint_from_tensors(tensors: Mapping[str, torch.Tensor]) -> Checkpoint:
     """A `Checkpoint` from an in-memory state dict (our own zoo and tests; user uploads go through bytes)."""
-    layers, skipped = group_layers(tensors, {})
-    if not layers:
-        raise CheckpointError("no_layers", "the checkpoint holds no floating-point weights to encode")
-    return Checkpoint(layers, skipped, {})
+    return _materialise(Header.of_tensors(tensors), tensors.__getitem__, {})

@@ -1,20 +1,29 @@
-"""Pad-chunk (paper §3.2): every weight and bias becomes a set of chunks of `c` values with masks.
+"""Pad-chunk (paper §3.2) under a chunk budget, streaming: every weight and bias becomes a set of chunks.
 
 Linear weights, biases, norms and embeddings are flattened, zero-padded to a multiple of `c` and cut into
 chunks. Conv weights `out×in×k…` are chunked over their kernel dimensions: each kernel is its own chunk
-(padded when smaller than `c`, split when larger).
+(padded when smaller than `c`, split when larger). Values are divided by the part's std.
+
+`chunk_file` reads one tensor at a time from the mapped file: exact statistics of all its values, then only
+the chunks the budget keeps (`model.admission`), drawn stratified over the part with a generator seeded by the
+content hash and the tensor's name, so the same file always gives the same chunks. Under budget the output
+is the plain pad-chunking.
 """
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass
+import hashlib
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import torch
 
-from model.checkpoint import KIND_IDS, Checkpoint, LayerKind
+from model.admission import Admission, Limits, admit
+from model.checkpoint import Checkpoint, CheckpointFile, Header, TensorRef, check_finite
+from model.errors import CheckpointError
+from model.layers import KIND_IDS, LayerKind, Skipped, part_chunks, part_rows
 from model.stats import stats_and_scale
 
-CONV_KINDS = (LayerKind.CONV1D, LayerKind.CONV2D, LayerKind.CONV3D)
 ROLES = ("weight", "bias")
 N_TYPES = len(KIND_IDS) * len(ROLES)
 
@@ -54,56 +63,167 @@ class ChunkedLayer:
     parts: list[tuple[str, Chunks]]  # ("weight", chunks), ("bias", chunks)
 
 
+@dataclass(frozen=True)
+class LayerRow:
+    """One row of the layer table shown by the service and `sne inspect`."""
+
+    name: str
+    type: str
+    level: int
+    shape: list[int]
+    parameters: int
+    chunks: int  # of the whole layer
+    chunks_sampled: int  # encoded
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class ChunkedCheckpoint:
+    layers: list[ChunkedLayer]
+    rows: list[LayerRow]
+    skipped: list[Skipped] = field(default_factory=list)
+    metadata: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def n_params(self) -> int:
+        return sum(r.parameters for r in self.rows)
+
+    @property
+    def n_chunks(self) -> int:
+        """Chunks encoded (after sampling)."""
+        return sum(r.chunks_sampled for r in self.rows)
+
+    @property
+    def total_chunks(self) -> int:
+        return sum(r.chunks for r in self.rows)
+
+
 def type_id(kind: LayerKind, role: str) -> int:
     """Layer-type id fed to the type encoding; weight and bias chunks of one kind are told apart."""
     return KIND_IDS[kind] * len(ROLES) + ROLES.index(role)
 
 
-def chunk_tensor(t: torch.Tensor, c: int, per_kernel: bool = False) -> Chunks:
-    """Flatten, pad to a multiple of `c` and chunk; with `per_kernel`, each kernel (dims 2…) separately."""
+def sample_indices(total: int, keep: int, seed: bytes | str, name: str) -> torch.Tensor:
+    """`[keep]` sorted chunk indices out of `total`: one uniformly drawn from each of `keep` equal strata.
+
+    Deterministic in (`seed`, `name`): the service passes the content sha256, so a file always gives the same
+    sample, and two tensors of one file do not share a pattern.
+    """
+    raw = seed.encode() if isinstance(seed, str) else bytes(seed)
+    digest = hashlib.sha256(raw + b"\0" + name.encode()).digest()
+    gen = torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") & (2**63 - 1))
+    edges = torch.arange(keep + 1, dtype=torch.int64) * total // keep  # [keep + 1] stratum bounds
+    u = torch.rand(keep, generator=gen, dtype=torch.float64)  # [keep]
+    return edges[:-1] + (u * (edges[1:] - edges[:-1])).long()  # [keep]
+
+
+def chunk_part(
+    t: torch.Tensor, kind: LayerKind, role: str, c: int, keep: int | None = None, seed: bytes | str = b"", name: str = ""
+) -> Chunks:
+    """Chunks of one part (any float dtype, e.g. a view of the mapped file); `keep` of them when sampled.
+
+    Only the kept chunks are gathered and converted to float32, so memory follows the budget, not the part.
+    """
     stats, std = stats_and_scale(t)
-    t = t.to(torch.float32) / std
-    rows = t.reshape(t.shape[0] * t.shape[1], -1) if per_kernel else t.reshape(1, -1)
-    n_rows, k = rows.shape
+    rows, k = part_rows(kind, role, t.shape)
     per_row = -(-k // c)
-    row_lengths = torch.full((per_row,), c, dtype=torch.int64)
-    row_lengths[-1] = k - (per_row - 1) * c
-    if per_row == 1 and n_rows > 1:
-        values = rows  # one chunk per kernel: keep its k columns, padding is implicit (no copy)
-    elif k == per_row * c:
-        values = rows.reshape(-1, c)
-    else:
-        values = rows.new_zeros(n_rows, per_row * c)
-        values[:, :k] = rows
-        values = values.view(-1, c)
-    return Chunks(values, row_lengths.repeat(n_rows), c, stats, values.shape[0])
+    total = rows * per_row
+    w = min(c, k)
+    flat = t.reshape(-1)
+    if keep is None or keep >= total:
+        values = flat.to(torch.float32) / std
+        if per_row > 1 or rows == 1:
+            values = torch.nn.functional.pad(values.view(rows, k), (0, per_row * c - k)).view(total, c)
+            w = c
+        else:
+            values = values.view(rows, k)  # one chunk per kernel: keep its k columns, padding is implicit
+        length = torch.full((per_row,), c, dtype=torch.int64)
+        length[-1] = k - (per_row - 1) * c
+        return Chunks(values, length.repeat(rows), c, stats, total)  # values [total, w]
+    idx = sample_indices(total, keep, seed, name)  # [keep]
+    r, p = idx // per_row, idx % per_row
+    length = (k - p * c).clamp(max=c)  # [keep]
+    cols = torch.arange(w)
+    valid = cols[None, :] < length[:, None]  # [keep, w]
+    where = torch.where(valid, (r * k + p * c)[:, None] + cols[None, :], 0)  # [keep, w] flat positions
+    values = flat[where].to(torch.float32) / std  # [keep, w]: only these values are ever converted
+    values[~valid] = 0.0
+    return Chunks(values, length, c, stats, total)
 
 
-def _per_kernel(layer, role: str, t: torch.Tensor) -> bool:
-    """Conv weights are chunked kernel by kernel; everything else is flattened whole."""
-    return role == "weight" and layer.kind in CONV_KINDS and t.ndim >= 3
+def _chunk_planned(
+    plan: Admission, get: Callable[[TensorRef], torch.Tensor], header: Header, seed: bytes | str,
+    release: Callable[[TensorRef], None] = lambda ref: None,
+) -> ChunkedCheckpoint:
+    layers, rows = [], []
+    for lp in plan.layers:
+        spec, parts = lp.spec, []
+        for pp in lp.parts:
+            ref = header.tensors[pp.part.key]
+            t = get(ref)
+            check_finite(ref.name, t)
+            ch = chunk_part(t, spec.kind, pp.part.role, plan.chunk_size, pp.keep, seed, ref.name)
+            del t
+            release(ref)
+            parts.append(("bias" if pp.part.role == "bias" else "weight", ch))
+        layers.append(ChunkedLayer(spec.name, spec.kind, spec.level, parts))
+        rows.append(LayerRow(spec.name, spec.kind.value, spec.level, spec.shape, spec.n_params, lp.total, lp.keep))
+    return ChunkedCheckpoint(layers, rows, plan.skipped, header.metadata)
+
+
+def chunk_file(source: str | Path | bytes, chunk_size: int, limits: Limits, seed: bytes | str) -> ChunkedCheckpoint:
+    """Admit, then chunk a safetensors file or its bytes one tensor at a time: the one entry point for uploads.
+
+    Memory: the largest tensor's pages of the mapping plus the kept chunks; the mapping is closed on return
+    and errors carry no traceback into tensor views (which would keep it mapped).
+    """
+    failure = CheckpointError("bad_tensor", "unreachable")
+    with CheckpointFile(source, limits) as f:
+        plan = admit(f.header, limits, chunk_size)
+        try:
+            return _chunk_planned(plan, f.tensor, f.header, seed, f.release)
+        except CheckpointError as e:
+            failure = CheckpointError(e.reason, e.message)
+        except (RuntimeError, ValueError, TypeError, IndexError) as e:
+            failure = CheckpointError("bad_tensor", f"a tensor could not be read: {type(e).__name__}: {e}"[:300])
+    raise failure  # outside the `with`: the mapping is closed first
+
+
+def chunk_state(
+    tensors: Mapping[str, torch.Tensor], chunk_size: int, limits: Limits, seed: bytes | str = b""
+) -> ChunkedCheckpoint:
+    """`chunk_file` for an in-memory state dict (zoo training, tests): same grouping, order and budgets."""
+    header = Header.of_tensors(tensors)
+    plan = admit(header, limits, chunk_size)
+    return _chunk_planned(plan, lambda ref: tensors[ref.name], header, seed)
+
+
+# ------------------------------------------------------------------------- in-memory `Checkpoint` helpers
+
+
+def chunk_tensor(t: torch.Tensor, c: int, per_kernel: bool = False) -> Chunks:
+    """All chunks of one tensor: flattened, or each kernel (dims 2…) separately with `per_kernel`."""
+    return chunk_part(t, LayerKind.CONV2D if per_kernel else LayerKind.LINEAR, "weight", c)
 
 
 def chunk_layer(layer, c: int) -> ChunkedLayer:
-    parts = [(role, chunk_tensor(t, c, _per_kernel(layer, role, t))) for role, t in layer.parts]
+    """All chunks of a `model.checkpoint.Layer` (float32, in memory)."""
+    parts = [(role, chunk_part(t, layer.kind, role, c)) for role, t in layer.parts]
     return ChunkedLayer(layer.name, layer.kind, layer.level, parts)
 
 
 def expected_chunks(layer, c: int) -> int:
-    """Chunks `chunk_layer` makes of `layer`, from shapes alone: lets a too-large layer be refused unchunked."""
-    n = 0
-    for role, t in layer.parts:
-        if _per_kernel(layer, role, t):
-            n += t.shape[0] * t.shape[1] * -(-math.prod(t.shape[2:]) // c)
-        else:
-            n += -(-t.numel() // c)
-    return n
+    """Chunks `chunk_layer` makes of `layer`, from shapes alone."""
+    return sum(part_chunks(layer.kind, role, tuple(t.shape), c) for role, t in layer.parts)
 
 
 def chunk_checkpoint(ckpt: Checkpoint, c: int) -> list[ChunkedLayer]:
-    """All layers of a checkpoint, pad-chunked with chunk size `c`."""
+    """All layers of an in-memory checkpoint, pad-chunked with chunk size `c` (no budget)."""
     return [chunk_layer(layer, c) for layer in ckpt.layers]
 
 
 def count_chunks(layers: list[ChunkedLayer]) -> int:
     return sum(ch.values.shape[0] for layer in layers for _, ch in layer.parts)
+
