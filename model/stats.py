@@ -18,7 +18,7 @@ from collections.abc import Iterator
 import torch
 
 BLOCK_ELEMS = 1 << 18  # values converted to float32 at a time (1 MB: stays in cache)
-SAMPLE = 1 << 20  # values the quantiles are taken from
+SAMPLE = 1 << 16  # values the quantiles are taken from (sorting 1M would cost 0.2 s per part)
 POWER_ITERS = 4
 QUANTILES = (0.01, 0.05, 0.25, 0.5, 0.75, 0.95, 0.99)
 _TINY = 1e-12

@@ -1,12 +1,22 @@
 import io
 import json
 import struct
+import time
 
 import pytest
 import torch
 from safetensors.torch import save
 
-from model.checkpoint import LayerKind, load_checkpoint, natural_key, split_name
+from model.admission import Limits
+from model.checkpoint import (
+    CheckpointFile,
+    LayerKind,
+    all_finite,
+    load_checkpoint,
+    natural_key,
+    read_header,
+    split_name,
+)
 from model.errors import CheckpointError
 from tests.nets import BUILDERS, checkpoint_bytes, checkpoint_file, resnet, state
 
@@ -143,3 +153,124 @@ def test_missing_file(tmp_path):
     with pytest.raises(CheckpointError) as e:
         load_checkpoint(tmp_path / "nope.safetensors")
     assert e.value.reason == "unreadable"
+
+
+# ------------------------------------------------------------------------------------- bounds before work
+
+
+def _entries(n: int, shape: list, dtype: str = "F32") -> dict:
+    size = {"F32": 4, "BF16": 2}[dtype]
+    numel = 1
+    for d in shape:
+        numel *= d
+    return {f"t{i}": {"dtype": dtype, "shape": shape, "data_offsets": [i * numel * size, (i + 1) * numel * size]} for i in range(n)}
+
+
+SMALL = Limits(max_header_bytes=4096, max_metadata_entries=4, max_metadata_bytes=64, max_tensors=8, max_ndim=4,
+               max_dim=1000, max_params=10_000)
+BOUNDS = {
+    "header_bytes": (_header_file(_entries(1, [2]) | {"__metadata__": {"pad": "x" * 5000}}, bytes(8)), "header_too_large", "SNE_MAX_HEADER_BYTES"),
+    "metadata_entries": (_header_file(_entries(1, [2]) | {"__metadata__": {str(i): "" for i in range(5)}}, bytes(8)), "metadata_too_large", "SNE_MAX_METADATA_ENTRIES"),
+    "metadata_bytes": (_header_file(_entries(1, [2]) | {"__metadata__": {"k": "v" * 100}}, bytes(8)), "metadata_too_large", "SNE_MAX_METADATA_BYTES"),
+    "tensors": (_header_file(_entries(9, [1]), bytes(36)), "too_many_tensors", "SNE_MAX_TENSORS"),
+    "dims": (_header_file(_entries(1, [1] * 5), bytes(4)), "too_many_dims", "SNE_MAX_TENSOR_DIMS"),
+    "dim_size": (_header_file(_entries(1, [1001]), bytes(4004)), "dim_too_large", "SNE_MAX_DIM_SIZE"),
+    "params": (_header_file(_entries(2, [100, 60]), bytes(48_000)), "too_many_params", "SNE_MAX_PARAMS"),
+}
+
+
+@pytest.mark.parametrize("case", list(BOUNDS))
+def test_each_bound_its_reason_and_setting(case, tmp_path):
+    data, reason, setting = BOUNDS[case]
+    path = tmp_path / "f.safetensors"
+    path.write_bytes(data)
+    for source in (data, path):
+        with pytest.raises(CheckpointError) as e:
+            read_header(source, SMALL)
+        assert e.value.reason == reason and setting in str(e.value), str(e.value)
+        assert e.value.http_status == 422
+    assert read_header(data, Limits()).tensors  # the same file is fine within the default limits
+
+
+def test_default_limits_take_real_headers():
+    assert Limits().max_ndim == 8 and Limits().max_params >= 2_000_000_000
+    ckpt = save({f"blocks.{i}.weight": torch.zeros(1, 1, 1, 1, 1, 1, 1, 2) for i in range(3)})
+    assert read_header(ckpt, Limits()).n_params == 6
+
+
+def _timed_refusal(data: bytes, reason: str) -> float:
+    t0 = time.perf_counter()
+    with pytest.raises(CheckpointError) as e:
+        read_header(data, Limits())
+    assert e.value.reason == reason, str(e.value)
+    return time.perf_counter() - t0
+
+
+def test_adversarial_shapes_refused_at_once():
+    """A hang guard (issue 11: 600 ints of 4,299 digits froze the server 24 s; 100,000 ones took 58 s)."""
+    huge = "9" * 4299
+    raw = ('{"w": {"dtype": "F32", "shape": [' + ", ".join([huge] * 600) + '], "data_offsets": [0, 4]}}').encode()
+    data = struct.pack("<Q", len(raw)) + raw + bytes(4)
+    assert len(data) > 2_500_000
+    assert _timed_refusal(data, "too_many_dims") < 2.0
+    raw = ('{"w": {"dtype": "F32", "shape": [' + ", ".join([huge] * 3) + '], "data_offsets": [0, 4]}}').encode()
+    assert _timed_refusal(struct.pack("<Q", len(raw)) + raw + bytes(4), "dim_too_large") < 2.0
+    assert _timed_refusal(_header_file(_entries(1, [1] * 100_000), bytes(4)), "too_many_dims") < 2.0
+    assert _timed_refusal(_header_file(_entries(20_000, [1]), bytes(80_000)), "too_many_tensors") < 2.0
+
+
+def test_huge_sparse_file_refused_from_its_header_alone(tmp_path):
+    """Nothing past the header is read: a 64 GB (sparse) file over the parameter bound is refused at once."""
+    n = 2**33  # 8 G floats = 32 GB
+    header = {"a": {"dtype": "F32", "shape": [n], "data_offsets": [0, 4 * n]},
+              "b": {"dtype": "F32", "shape": [n], "data_offsets": [4 * n, 8 * n]}}
+    path = tmp_path / "sparse.safetensors"
+    raw = json.dumps(header).encode()
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(raw)) + raw)
+        f.truncate(8 + len(raw) + 8 * n)
+    t0 = time.perf_counter()
+    with pytest.raises(CheckpointError) as e:
+        read_header(path, Limits())
+    assert e.value.reason == "too_many_params" and "a [8589934592]" in str(e.value)
+    assert time.perf_counter() - t0 < 2.0
+
+
+def test_non_finite_found_in_any_shape_and_dtype():
+    big = torch.full((2, 3, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,
+                      1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1), 1.0)
+    assert big.ndim == 64 and all_finite(big)
+    big.view(-1)[4] = float("nan")
+    assert not all_finite(big)
+    for dtype in (torch.float16, torch.bfloat16, torch.float32, torch.float64):
+        t = torch.full((1000,), 60000.0 if dtype == torch.float16 else 3e38 if dtype != torch.float64 else 1e308, dtype=dtype)
+        assert all_finite(t, block=100), dtype  # the per-block sum overflows; values are finite
+        t[-1] = float("inf")
+        assert not all_finite(t, block=100), dtype
+
+
+# ------------------------------------------------------------------------------------- lazy access
+
+
+def test_views_are_zero_copy_native_dtype_and_one_at_a_time():
+    data = bytearray(save({"a.weight": torch.arange(6, dtype=torch.bfloat16).reshape(2, 3), "a.bias": torch.ones(2)}))
+    with CheckpointFile(data, Limits()) as f:
+        ref = f.header.tensors["a.weight"]
+        t = f.tensor(ref)
+        assert t.dtype == torch.bfloat16 and t.shape == (2, 3) and t[1, 2] == 5
+        data[ref.begin : ref.begin + 2] = torch.tensor([7.0], dtype=torch.bfloat16).view(torch.uint8).numpy().tobytes()
+        assert t[0, 0] == 7  # a view of the bytes, not a copy
+        del t
+
+
+def test_mapping_closed_when_done_and_never_dangling(tmp_path):
+    path = checkpoint_file(tmp_path, "arch1")
+    with CheckpointFile(path, Limits()) as f:
+        views = [f.tensor(r) for r in f.header.tensors.values()]
+        del views
+    assert f.closed_cleanly
+    with CheckpointFile(path, Limits()) as f:
+        kept = f.tensor(next(iter(f.header.tensors.values())))
+    assert not f.closed_cleanly  # a view outlived the file: the mapping stays until it goes ...
+    assert bool(torch.isfinite(kept).all())  # ... so reading it is still safe
+    assert read_header(path, Limits()).n_params == 160 + 2320 + 2320 + 170
