@@ -1,5 +1,6 @@
 import pytest
 import torch
+from pydantic import ValidationError
 from safetensors.torch import save
 
 from model.admission import Limits, admit, sampled_layers, water_fill
@@ -39,7 +40,7 @@ def test_admit_refusals_name_the_setting():
 
 def test_limits_frozen_and_validated():
     lim = Limits()
-    with pytest.raises(Exception):
+    with pytest.raises(ValidationError):
         lim.max_tensors = 3  # type: ignore[misc]
-    with pytest.raises(Exception):
+    with pytest.raises(ValidationError):
         Limits(max_ndim=0)
