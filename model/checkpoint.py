@@ -263,6 +263,8 @@ class CheckpointFile:
         if self._file is not None and self._map is None:  # mapped on first use: header-only reads map nothing
             self._map = mmap.mmap(self._file.fileno(), 0, access=mmap.ACCESS_COPY)
             self._buf = memoryview(self._map)
+        if self._buf is None:
+            raise CheckpointError("unreadable", "the checkpoint is closed")
         raw: memoryview | bytearray = self._buf[ref.begin : ref.end]
         if ref.begin % dtype.itemsize:
             raw = bytearray(raw)  # unaligned data: vectorised kernels want aligned elements
