@@ -163,17 +163,22 @@ def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def child_encode(path: Path, device: str, budget: str) -> dict:
-    from model.admission import Limits
-
-    from model.chunking import chunk_file
-    from model.packing import pack
+def load_predictor(spec: str):
+    """The shipped predictor (`default`), an untrained small one (`untrained`: same speed), or a directory."""
     from model.predictor import Predictor
 
-    pred = Predictor.load().to(device)
-    limits = Limits(max_params=10**10, max_tensors=10**6, max_dim=10**8)
-    if budget == "full":
-        limits = limits.model_copy(update={"layer_chunk_budget": 10**9, "checkpoint_chunk_budget": 10**10})
+    if spec == "untrained":
+        return Predictor.untrained("small")
+    return Predictor.load(None if spec == "default" else Path(spec))
+
+
+def child_encode(path: Path, device: str, budget: str, predictor: str) -> dict:
+    from model.admission import Limits
+    from model.chunking import chunk_file
+    from model.packing import pack
+
+    pred = load_predictor(predictor).to(device)
+    limits = Limits.unbudgeted() if budget == "full" else Limits()
     t0 = time.perf_counter()
     ck = chunk_file(path, pred.config.chunk_size, limits, seed=path.name)
     t1 = time.perf_counter()
@@ -183,10 +188,9 @@ def child_encode(path: Path, device: str, budget: str) -> dict:
     if device == "cuda":
         torch.cuda.synchronize()
     t2 = time.perf_counter()
-    parts = [ch for layer in ck.layers for _, ch in layer.parts]
     return {
-        "params": int(ck.n_params), "chunks_seen": sum(int(ch.values.shape[0]) for ch in parts),
-        "chunks_total": sum(int(ch.total) for ch in parts), "read_s": t1 - t0, "encode_s": t2 - t0,
+        "params": ck.n_params, "chunks_seen": ck.n_chunks, "chunks_total": ck.total_chunks,
+        "read_s": t1 - t0, "encode_s": t2 - t0,
         "rss_mb": _peak_rss_mb(), "embedding": emb.tolist(), "accuracy": acc,
     }
 
@@ -256,12 +260,13 @@ def main() -> None:
     ap.add_argument("--encode-timeout", type=float, default=600.0)
     ap.add_argument("--no-gap", action="store_true", help="skip budgeted vs full encoding")
     ap.add_argument("--curve", nargs="*", type=int, default=[4096, 32768, 65536, 131072, 262144])
+    ap.add_argument("--predictor", default="default", help="default (shipped), untrained, or a directory")
     ap.add_argument("--child", nargs="*", help=argparse.SUPPRESS)
     a = ap.parse_args()
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "2")))
     if a.child:
         what, path = a.child[0], Path(a.child[1])
-        res = child_weightwatcher(path) if what == "ww" else child_encode(path, a.child[2], a.child[3])
+        res = child_weightwatcher(path) if what == "ww" else child_encode(path, a.child[2], a.child[3], a.child[4])
         print(json.dumps(res))
         return
     if a.curve:
@@ -273,9 +278,9 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|---|" + ("---|" if "cuda" in devices else ""))
     for name in a.only:
         path = ensure(a.dir, name)
-        enc = run_child(["encode", str(path), "cpu", "budget"], a.encode_timeout)
+        enc = run_child(["encode", str(path), "cpu", "budget", a.predictor], a.encode_timeout)
         ww = run_child(["ww", str(path)], a.ww_timeout)
-        gpu = run_child(["encode", str(path), "cuda", "budget"], a.encode_timeout) if "cuda" in devices else None
+        gpu = run_child(["encode", str(path), "cuda", "budget", a.predictor], a.encode_timeout) if "cuda" in devices else None
         ratio = ww["ww_s"] / enc["encode_s"] if enc and ww else None
         row = (f"| {name} | {enc['params'] / 1e6:.1f} M | {enc['chunks_seen']:,} / {enc['chunks_total']:,} | "
                f"{enc['encode_s']:.1f} | {enc['rss_mb']:.0f} |" if enc else f"| {name} | n/a | n/a | n/a | n/a |")
@@ -290,8 +295,8 @@ def main() -> None:
     print("|---|---|---|---|---|")
     for name in [n for n in MID_SIZE if n in a.only]:
         path = ensure(a.dir, name)
-        b = run_child(["encode", str(path), "cpu", "budget"], a.encode_timeout)
-        f = run_child(["encode", str(path), "cpu", "full"], a.encode_timeout)
+        b = run_child(["encode", str(path), "cpu", "budget", a.predictor], a.encode_timeout)
+        f = run_child(["encode", str(path), "cpu", "full", a.predictor], a.encode_timeout)
         if not (b and f):
             print(f"| {name} | n/a | n/a | n/a | n/a |")
             continue

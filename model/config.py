@@ -40,6 +40,15 @@ CONFIGS: dict[str, SNEConfig] = {
     "small": SNEConfig(
         name="small", chunk_size=16, hidden=32, encoding=64, heads=2, inducing=16, head_hidden=64, layer_norm=True
     ),
+    # the ablation: each path of the small config alone
+    "small-stats": SNEConfig(
+        name="small-stats", chunk_size=16, hidden=32, encoding=64, heads=2, inducing=16, head_hidden=64,
+        layer_norm=True, use_chunks=False,
+    ),
+    "small-chunks": SNEConfig(
+        name="small-chunks", chunk_size=16, hidden=32, encoding=64, heads=2, inducing=16, head_hidden=64,
+        layer_norm=True, use_stats=False,
+    ),
     # for tests and smoke runs only: fast, not accurate
     "tiny": SNEConfig(
         name="tiny", chunk_size=16, hidden=16, encoding=16, heads=1, sab_blocks=1, isab_blocks=1, inducing=4,

@@ -8,10 +8,12 @@ SNE=${SNE:-.venv/bin/sne}
 RUNS_A=${RUNS_A:-300}       # arch1 x digits: the zoo the default predictor learns from
 RUNS_B=${RUNS_B:-120}       # arch1 x shapes: second dataset, for cross-dataset transfer
 RUNS_ARCH2=${RUNS_ARCH2:-40}  # arch2 zoos: test-only, for cross-architecture transfer
-EPOCHS=${EPOCHS:-10}
+EPOCHS=${EPOCHS:-20}          # upper bound: early stopping on val tau (patience 6) keeps the best epoch
 MAX_TRAIN=${MAX_TRAIN:-1000}
 MAX_EVAL=${MAX_EVAL:-300}
-TRAIN_ARGS=(--config small --epochs "$EPOCHS" --batch-size 8 --max-train "$MAX_TRAIN" --max-eval "$MAX_EVAL")
+# AdamW (lr 2e-3, warm-up 5 %, cosine), clip 1.0, BCE + pairwise ranking, 64 random chunks per part per step
+TRAIN_ARGS=(--config small --epochs "$EPOCHS" --batch-size 16 --patience 6 --train-chunks 64 --threads 1
+            --max-train "$MAX_TRAIN" --max-eval "$MAX_EVAL")
 
 $SNE zoo --out zoos/arch1-digits --arch arch1 --dataset digits --runs "$RUNS_A"
 $SNE zoo --out zoos/arch1-shapes --arch arch1 --dataset shapes --runs "$RUNS_B"
@@ -27,6 +29,7 @@ $SNE eval --predictor runs/digits --predictor runs/shapes \
   --unregularized runs/digits-nolir --out eval --update-card
 
 rm -rf model/predictors/default && mkdir -p model/predictors/default
-cp runs/digits/model.safetensors runs/digits/card.json runs/digits/reference.safetensors model/predictors/default/
+cp runs/digits/model.safetensors runs/digits/card.json runs/digits/reference.safetensors runs/digits/training_curves.png \
+  model/predictors/default/
 cp eval/results.md eval/results.json model/predictors/default/
 echo "default predictor written to model/predictors/default"
