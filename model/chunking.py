@@ -119,6 +119,11 @@ def sample_indices(total: int, keep: int, seed: bytes | str, name: str) -> torch
     return edges[:-1] + (u * (edges[1:] - edges[:-1])).long()  # [keep]
 
 
+def _standardise(x: torch.Tensor, std: float) -> torch.Tensor:
+    """`x / std` in float32, divided in float64: `std` (or `x`) may lie outside float32's range (F64 parts)."""
+    return (x.to(torch.float64) / std).to(torch.float32)
+
+
 def chunk_part(
     t: torch.Tensor, kind: LayerKind, role: str, c: int, keep: int | None = None, seed: bytes | str = b"", name: str = ""
 ) -> Chunks:
@@ -133,7 +138,7 @@ def chunk_part(
     w = min(c, k)
     flat = t.reshape(-1)
     if keep is None or keep >= total:
-        values = flat.to(torch.float32) / std
+        values = _standardise(flat, std)
         if per_row > 1 or rows == 1:
             values = torch.nn.functional.pad(values.view(rows, k), (0, per_row * c - k)).view(total, c)
             w = c
@@ -148,7 +153,7 @@ def chunk_part(
     cols = torch.arange(w)
     valid = cols[None, :] < length[:, None]  # [keep, w]
     where = torch.where(valid, (r * k + p * c)[:, None] + cols[None, :], 0)  # [keep, w] flat positions
-    values = flat[where].to(torch.float32) / std  # [keep, w]: only these values are ever converted
+    values = _standardise(flat[where], std)  # [keep, w]: only these values are ever converted
     values[~valid] = 0.0
     return Chunks(values, length, c, stats, total)
 

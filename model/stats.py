@@ -80,6 +80,11 @@ def _log(x: float) -> float:
     return math.log(max(x, _TINY))
 
 
+def _div(a: float, b: float) -> float:
+    """`a / b`, 0 where `b` is 0 (underflow of a product) or not a number."""
+    return a / b if b and math.isfinite(b) else 0.0
+
+
 def _finite(x: float) -> float:
     return float(min(max(x, -_CLAMP), _CLAMP)) if math.isfinite(x) else 0.0
 
@@ -150,12 +155,13 @@ def _assemble(
     s1, s2, s3, s4, sabs, lo, hi = acc
     m1 = s1 / n  # mean of z = (x - shift) / scale
     var = max(s2 / n - m1 * m1, 0.0)
-    mu4 = s4 / n - 4 * m1 * s3 / n + 6 * m1 * m1 * s2 / n - 3 * m1**4
+    mu4 = s4 / n - 4 * m1 * s3 / n + 6 * m1 * m1 * s2 / n - 3 * (m1 * m1) * (m1 * m1)  # products: inf, never OverflowError
     std_z = math.sqrt(var)
     flat = std_z <= 1e-6 * max(abs(m1), abs(shift / scale), _TINY)  # constant up to rounding
     mean = shift + scale * m1
     std = scale * std_z if not flat else 0.0
-    ms_z = s2 / n + 2 * (shift / scale) * m1 + (shift / scale) ** 2  # mean of (x / scale)^2
+    flat = flat or not 0 < std < math.inf  # under- or overflowed (extreme F64 parts): no standardised stats
+    ms_z = s2 / n + 2 * (shift / scale) * m1 + (shift / scale) * (shift / scale)  # mean of (x / scale)^2
     rms = scale * math.sqrt(max(ms_z, 0.0))
     fro = rms * math.sqrt(n)
     if flat:
@@ -163,16 +169,17 @@ def _assemble(
         kurt = 1.0
     else:
         qs = torch.quantile(sample, torch.tensor(QUANTILES, dtype=torch.float64)).tolist() if sample.numel() > 1 else [mean] * len(QUANTILES)
-        z_stats = [mean / std, (lo - m1) / std_z, (hi - m1) / std_z] + [(q - mean) / std for q in qs]
-        kurt = mu4 / (var * var)
+        z_stats = [_div(mean, std), _div(lo - m1, std_z), _div(hi - m1, std_z)] + [_div(q - mean, std) for q in qs]
+        kurt = _div(mu4, var * var)
     spec = scale * math.sqrt(max(rayleigh, 0.0))
     fan_out = t.shape[0] if t.ndim >= 1 else 1
     fan_in = n // max(fan_out, 1) if t.ndim >= 2 else 1
     out = [
-        _log(std), z_stats[0], (scale * sabs / n) / rms if rms > 0 else 0.0, _log(rms), _log(kurt),
+        _log(std), z_stats[0], _div(scale * sabs / n, rms), _log(rms), _log(kurt),
         z_stats[1], z_stats[2], *z_stats[3:],
-        _log(fro), _log(spec) if rayleigh > 0 else 0.0, _log(fro * fro / (spec * spec)) if rayleigh > 0 and spec > 0 else 0.0,
+        _log(fro), _log(spec) if rayleigh > 0 else 0.0, _log(_div(fro * fro, spec * spec)) if rayleigh > 0 else 0.0,
         math.log(max(fan_in, 1)), math.log(max(fan_out, 1)), math.log(n),
     ]
-    divisor = std if std > 0 and math.isfinite(std) else rms if rms > 0 and math.isfinite(rms) else 1.0
+    absmax = scale * max(abs(lo + shift / scale), abs(hi + shift / scale))  # finite for finite input
+    divisor = next((d for d in (std, rms, absmax) if 0 < d < math.inf), 1.0)  # std overflows for F64 ~1e200
     return torch.tensor([_finite(x) for x in out], dtype=torch.float32), divisor  # [N_STATS], scalar
