@@ -158,11 +158,14 @@ def chunk_part(
     return Chunks(values, length, c, stats, total)
 
 
+Progress = Callable[[int, int], None]  # (parameters done, parameters in all) after each part
+
+
 def _chunk_planned(
     plan: Admission, get: Callable[[TensorRef], torch.Tensor], header: Header, seed: bytes | str,
-    release: Callable[[TensorRef], None] = lambda ref: None,
+    release: Callable[[TensorRef], None] = lambda ref: None, progress: Progress | None = None,
 ) -> ChunkedCheckpoint:
-    layers, rows = [], []
+    layers, rows, done = [], [], 0
     for lp in plan.layers:
         spec, parts = lp.spec, []
         for pp in lp.parts:
@@ -172,13 +175,18 @@ def _chunk_planned(
             ch = chunk_part(t, spec.kind, pp.part.role, plan.chunk_size, pp.keep, seed, ref.name)
             del t
             release(ref)
+            done += ref.numel
+            if progress is not None:
+                progress(done, plan.n_params)
             parts.append(("bias" if pp.part.role == "bias" else "weight", ch))
         layers.append(ChunkedLayer(spec.name, spec.kind, spec.level, parts))
         rows.append(LayerRow(spec.name, spec.kind.value, spec.level, spec.shape, spec.n_params, lp.total, lp.keep))
     return ChunkedCheckpoint(layers, rows, plan.skipped, header.metadata)
 
 
-def chunk_file(source: str | Path | bytes, chunk_size: int, limits: Limits, seed: bytes | str) -> ChunkedCheckpoint:
+def chunk_file(
+    source: str | Path | bytes, chunk_size: int, limits: Limits, seed: bytes | str, progress: Progress | None = None
+) -> ChunkedCheckpoint:
     """Admit, then chunk a safetensors file or its bytes one tensor at a time: the one entry point for uploads.
 
     Memory: the largest tensor's pages of the mapping plus the kept chunks; the mapping is closed on return
@@ -188,7 +196,7 @@ def chunk_file(source: str | Path | bytes, chunk_size: int, limits: Limits, seed
     with CheckpointFile(source, limits) as f:
         plan = admit(f.header, limits, chunk_size)
         try:
-            return _chunk_planned(plan, f.tensor, f.header, seed, f.release)
+            return _chunk_planned(plan, f.tensor, f.header, seed, f.release, progress)
         except CheckpointError as e:
             failure = CheckpointError(e.reason, e.message)
         except (RuntimeError, ValueError, TypeError, IndexError) as e:

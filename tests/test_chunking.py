@@ -202,8 +202,10 @@ def test_peak_memory_bounded_by_one_tensor_not_the_file(tmp_path):
     gc.collect()
     Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current RSS
     before = _vm("VmRSS")
-    out = chunk_file(path, 16, Limits(), b"seed")
+    seen: list[tuple[int, int]] = []
+    out = chunk_file(path, 16, Limits(), b"seed", progress=lambda done, total: seen.append((done, total)))
     peak = _vm("VmHWM") - before
+    assert [d for d, _ in seen] == [(i + 1) * largest // 2 for i in range(10)] and seen[-1][1] == 5 * largest
     assert out.total_chunks == 10 * 2048 * 5120 // 16 and out.n_chunks == 10 * 4096
     print(f"peak RSS above start: {peak >> 20} MB for a {10 * largest >> 20} MB file")
     assert peak < largest + 64 * 2**20, f"peak {peak >> 20} MB"  # one tensor + working set, not 210 MB
