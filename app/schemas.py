@@ -1,9 +1,15 @@
-"""Pydantic models of the HTTP API (responses and errors), with the examples OpenAPI shows."""
+"""Pydantic models of the HTTP API (responses and errors), with the examples OpenAPI shows, and
+`encode_response`: the one place an `Encoding` becomes the `/v1/encode` body (route, `sne encode --json`
+and `sne gate --local` alike)."""
 from __future__ import annotations
 
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
+
+from app.encoding import Encoding
+from app.errors import Reason
+from model.predictor import Predictor
 
 SHA_EXAMPLE = "9f2c1d0b6e8a4f3c2b1a09f8e7d6c5b4a3928170f6e5d4c3b2a1908f7e6d5c4b"
 
@@ -102,7 +108,7 @@ class EncodeResponse(BaseModel):
 
 
 class ErrorDetail(BaseModel):
-    reason: str = Field(description="Stable code, e.g. pickle, truncated, too_large, queue_full, unauthorized.")
+    reason: Reason = Field(description="Stable code, e.g. pickle, truncated, too_large, queue_full, unauthorized.")
     message: str = Field(description="What is wrong, in words a user can act on.")
 
 
@@ -204,3 +210,41 @@ UPLOAD_ERRORS: dict[int | str, dict[str, Any]] = {
     422: {"model": ErrorResponse, "description": "Malformed safetensors, no float weights, a layer too large, ..."},
     503: {"model": ErrorResponse, "description": "Queue full or shutting down; retry after `Retry-After` seconds."},
 }
+
+
+def predictor_warning(predictor: Predictor) -> str | None:
+    """The warning every answer of an untrained predictor carries."""
+    if predictor.trained:
+        return None
+    return (
+        f"predictor {predictor.name} ({predictor.version}) is UNTRAINED: random weights, so the predicted accuracy, "
+        "its interval and the OOD score carry no information. Serve a trained predictor (SNE_PREDICTOR_PATH)."
+    )
+
+
+def encode_response(
+    encoding: Encoding, predictor: Predictor, *, total_ms: float, with_layer_embeddings: bool = False
+) -> EncodeResponse:
+    """The `/v1/encode` body for one encoding; `total_ms` is the caller's end-to-end time (upload included)."""
+    p = encoding.prediction
+    extra = {"layer_embeddings": p.layer_embeddings.tolist()} if with_layer_embeddings else {}  # else: absent
+    return EncodeResponse(
+        sha256=encoding.sha256,
+        predictor=PredictorRef(name=predictor.name, version=predictor.version, trained=predictor.trained),
+        embedding=p.embedding.tolist(),
+        predicted_accuracy=p.accuracy,
+        predicted_gap=p.gap,
+        interval=Interval(low=p.low, high=p.high, coverage=p.coverage),
+        ood=OOD(score=p.ood_score, flag=p.ood_flag, threshold=(predictor.card.get("ood") or {}).get("threshold")),
+        layers=[LayerInfo(**row.as_dict()) for row in encoding.layers],
+        skipped=[SkippedTensor(**s) for s in encoding.skipped],
+        cached=encoding.cached,
+        warning=predictor_warning(predictor),
+        timings=Timings(
+            parse_ms=round(encoding.times.parse_ms, 3),
+            queue_ms=round(encoding.times.queue_ms, 3),
+            encode_ms=round(encoding.times.encode_ms, 3),
+            total_ms=round(total_ms, 3),
+        ),
+        **extra,
+    )

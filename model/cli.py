@@ -90,7 +90,7 @@ def encode(
                 "file": str(f), "predictor": {"name": pred.name, "version": pred.version, "trained": pred.trained},
                 "predicted_accuracy": r.accuracy, "predicted_gap": r.gap,
                 "interval": {"low": r.low, "high": r.high, "coverage": r.coverage},
-                "ood": {"score": r.ood_score, "flag": r.ood_flag}, "embedding": r.embedding,
+                "ood": {"score": r.ood_score, "flag": r.ood_flag}, "embedding": r.embedding.tolist(),
             }
             for f, r in zip(files, results)
         ]

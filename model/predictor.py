@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
-from typing import Sequence
 
+import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
@@ -27,17 +29,29 @@ DEFAULT_LEVEL = "0.90"
 OOD_K = 5
 
 
-@dataclass
+@dataclass(frozen=True, eq=False)  # eq=False: arrays have no single truth value
 class Prediction:
-    embedding: list[float]
-    layer_embeddings: list[list[float]]
+    """What the predictor says about one checkpoint: the one result type from the forward pass to every
+    consumer (worker, cache, service, CLI). Embeddings stay float32 arrays until a response serialises them."""
+
+    embedding: np.ndarray  # [E] float32, the network embedding
+    layer_embeddings: np.ndarray  # [L, H] float32, one row per encoded layer, in depth order
     accuracy: float
-    gap: float | None
+    gap: float | None  # predicted train-test gap; None without a gap head
     low: float
     high: float
     coverage: float | None  # nominal coverage of [low, high]; None when uncalibrated
-    ood_score: float | None
+    ood_score: float | None  # kNN distance to the training zoo; None without a reference
     ood_flag: bool
+
+    def is_finite(self) -> bool:
+        """False when the encoder produced NaN/Inf (extreme weights): such a prediction is never served."""
+        scalars = [self.accuracy, self.low, self.high] + [v for v in (self.gap, self.ood_score) if v is not None]
+        return (
+            all(math.isfinite(v) for v in scalars)
+            and bool(np.isfinite(self.embedding).all())
+            and bool(np.isfinite(self.layer_embeddings).all())
+        )
 
 
 def knn_score(emb: torch.Tensor, reference: torch.Tensor, k: int = OOD_K) -> torch.Tensor:
@@ -74,7 +88,7 @@ class Predictor:
 
     # ----------------------------------------------------------------------------------- load/save
     @classmethod
-    def load(cls, path: str | Path | None = None) -> "Predictor":
+    def load(cls, path: str | Path | None = None) -> Predictor:
         """The predictor at `path`; with None the shipped default, or an untrained one if none ships."""
         if path is None:
             if not (DEFAULT_PREDICTOR_DIR / "card.json").exists():
@@ -89,7 +103,7 @@ class Predictor:
         return cls(model, card, reference)
 
     @classmethod
-    def untrained(cls, config: str = "small", seed: int = 0) -> "Predictor":
+    def untrained(cls, config: str = "small", seed: int = 0) -> Predictor:
         """Randomly initialised weights, labelled as such: predictions carry no information."""
         torch.manual_seed(seed)
         model = SNE(get_config(config))
@@ -114,7 +128,7 @@ class Predictor:
             save_file({"embeddings": self.reference.to(torch.float16).contiguous()}, path / "reference.safetensors")
         (path / "card.json").write_text(json.dumps(self.card, indent=2) + "\n")
 
-    def to(self, device: str | torch.device) -> "Predictor":
+    def to(self, device: str | torch.device) -> Predictor:
         self.device = torch.device(device)
         self.model.to(self.device)
         if self.reference is not None:
@@ -130,13 +144,14 @@ class Predictor:
         batch = batch.to(self.device)
         with torch.autocast(self.device.type, dtype=autocast, enabled=autocast is not None):
             out = self.model(batch)
-        emb = out.embedding.float()
-        acc = out.accuracy.float().cpu()
+        emb = out.embedding.float()  # [B, E]
+        emb_np = emb.cpu().numpy()  # [B, E] float32
+        acc = out.accuracy.float().cpu()  # [B]
         gap = out.gap.float().cpu() if self.card.get("predicts_gap") else None
         q = self.card.get("conformal", {}).get("accuracy", {}).get(DEFAULT_LEVEL)
         ood = self.card.get("ood", {})
         score = knn_score(emb, self.reference).cpu() if self.reference is not None else None
-        layers = out.layer_embeddings.float().cpu()
+        layers = out.layer_embeddings.float().cpu().numpy()  # [sum L, H] float32
         results = []
         for i in range(batch.n_checkpoints):
             a = float(acc[i])
@@ -145,8 +160,8 @@ class Predictor:
             start, n = int(batch.ckpt_start[i]), int(batch.ckpt_len[i])
             results.append(
                 Prediction(
-                    embedding=emb[i].cpu().tolist(),
-                    layer_embeddings=layers[start : start + n].tolist(),
+                    embedding=emb_np[i].copy(),  # [E]
+                    layer_embeddings=layers[start : start + n].copy(),  # [L, H]
                     accuracy=a,
                     gap=float(gap[i]) if gap is not None else None,
                     low=lo,

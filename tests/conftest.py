@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import AsyncIterator, Iterator
 
 import httpx
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import save
@@ -81,7 +82,7 @@ def unique_seed() -> int:
 def make_predictor_dir(out: Path) -> Path:
     pred = Predictor.untrained()
     ref = [load_checkpoint(ckpt_bytes("cnn", s)) for s in range(1001, 1006)]
-    pred.reference = torch.tensor([p.embedding for p in pred.predict(ref)])
+    pred.reference = torch.from_numpy(np.stack([p.embedding for p in pred.predict(ref)]))
     pred.card.update(
         name="svc-fixture",
         version="svc-" + pred.version.split("-")[-1],

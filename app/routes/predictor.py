@@ -5,12 +5,11 @@ import math
 from typing import Any
 
 from fastapi import APIRouter, Depends
-from fastapi.responses import JSONResponse
 
 from app.auth import require_api_key
-from app.deps import get_predictor
+from app.deps import PredictorDep
 from app.schemas import ErrorResponse, PredictorCard
-from model.predictor import Predictor
+
 
 def json_safe(value: Any) -> Any:
     """The card with NaN/Inf (e.g. a metric that could not be computed) as null: strict JSON."""
@@ -32,5 +31,5 @@ router = APIRouter(prefix="/v1", tags=["predictor"], dependencies=[Depends(requi
     responses={401: {"model": ErrorResponse, "description": "Missing or wrong X-API-Key."}},
     summary="The loaded predictor's card",
 )
-async def predictor_card(predictor: Predictor = Depends(get_predictor)) -> JSONResponse:
-    return JSONResponse(json_safe(predictor.card))
+async def predictor_card(predictor: PredictorDep) -> PredictorCard:
+    return PredictorCard.model_validate(json_safe(predictor.card))
