@@ -378,7 +378,7 @@ def result_from_prediction(pred: Any, predictor: Any, sha256: str | None = None)
         "predictor": {"name": predictor.name, "version": predictor.version, "trained": predictor.trained},
         "predicted_accuracy": pred.accuracy,
         "interval": {"low": pred.low, "high": pred.high, "coverage": pred.coverage},
-        "ood": {"score": pred.ood_score, "flag": pred.ood_flag, "threshold": (predictor.card.get("ood") or {}).get("threshold")},
+        "ood": {"score": pred.ood_score, "flag": pred.ood_flag, "threshold": predictor.card.ood.threshold},
         "cached": False,
     }
 

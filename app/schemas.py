@@ -3,13 +3,14 @@
 and `sne gate --local` alike)."""
 from __future__ import annotations
 
+import json
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from app.encoding import Encoding
 from app.errors import Reason
-from model.predictor import Predictor
+from model.predictor import DEFAULT_PREDICTOR_DIR, Predictor, PredictorCard
 
 SHA_EXAMPLE = "9f2c1d0b6e8a4f3c2b1a09f8e7d6c5b4a3928170f6e5d4c3b2a1908f7e6d5c4b"
 
@@ -146,33 +147,24 @@ class BatchResponse(BaseModel):
     timings: dict[str, float] = Field(description="`total_ms` of the whole request.")
 
 
-class PredictorCard(BaseModel):
-    """The loaded predictor's card as it was saved (zoo, splits, metrics, conformal, ood, config), plus
-    any other keys its trainer wrote."""
+def _shipped_card_example(schema: dict[str, Any]) -> None:
+    """OpenAPI example of `/v1/predictor`: the shipped default predictor's real card (per-pair rows and
+    training history left out for length), read when the schema is generated, never made up."""
+    path = DEFAULT_PREDICTOR_DIR / "card.json"
+    if not path.exists():
+        return
+    card = PredictorCard.model_validate(json.loads(path.read_text())).model_dump(mode="json")
+    card["metrics"].pop("pairs", None)
+    card.get("training", {}).pop("history", None)
+    schema["examples"] = [card]
 
-    model_config = ConfigDict(
-        extra="allow",
-        json_schema_extra={
-            "examples": [
-                {
-                    "name": "sne-small",
-                    "version": "2024-06-01-3f2a9c1b7e44",
-                    "trained": True,
-                    "config": {"name": "small", "chunk_size": 16, "hidden": 32, "encoding": 64, "heads": 2},
-                    "zoo": {"name": "mnist-arch1", "checkpoints": 2000},
-                    "metrics": {"kendall_tau": {"test": {"sne": 0.81, "stat_features": 0.74}}},
-                    "conformal": {"accuracy": {"0.90": 0.038}},
-                    "ood": {"threshold": 1.25, "k": 5},
-                }
-            ]
-        },
-    )
 
-    name: str
-    version: str
-    trained: bool = False
-    config: dict[str, Any] = Field(default_factory=dict)
-    metrics: dict[str, Any] = Field(default_factory=dict)
+class PredictorCardResponse(PredictorCard):
+    """The loaded predictor's card (`model.predictor.PredictorCard`): config, zoo, splits, metrics
+    (`kendall_tau` per evaluation per method), conformal quantiles, OOD threshold, plus any other keys its
+    trainer wrote. The example is the card of the predictor this package ships."""
+
+    model_config = ConfigDict(json_schema_extra=_shipped_card_example)
 
 
 class Health(BaseModel):
@@ -235,7 +227,7 @@ def encode_response(
         predicted_accuracy=p.accuracy,
         predicted_gap=p.gap,
         interval=Interval(low=p.low, high=p.high, coverage=p.coverage),
-        ood=OOD(score=p.ood_score, flag=p.ood_flag, threshold=(predictor.card.get("ood") or {}).get("threshold")),
+        ood=OOD(score=p.ood_score, flag=p.ood_flag, threshold=predictor.card.ood.threshold),
         layers=[LayerInfo(**row.as_dict()) for row in encoding.layers],
         skipped=[SkippedTensor(**s) for s in encoding.skipped],
         cached=encoding.cached,

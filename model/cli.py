@@ -83,7 +83,7 @@ def encode(
     pred = Predictor.load(predictor)
     results = pred.predict(ckpts)
     if not pred.trained:
-        err.print(f"[yellow]warning:[/] {pred.card.get('note', 'untrained predictor')}")
+        err.print(f"[yellow]warning:[/] {pred.card.note or 'untrained predictor'}")
     if as_json:
         out = [
             {
@@ -154,7 +154,7 @@ def train(
     opts = TrainOptions(config=config, epochs=epochs, batch_size=batch_size, lr=lr, lir_weight=lir_weight,
                         lir_fraction=lir_fraction, clip_grad=clip_grad, max_train=max_train, max_eval=max_eval, seed=seed, device=device, name=name)
     pred = run(zoo_dirs, out, opts)
-    console.print(f"saved {pred.name} {pred.version} to {out} (val τ {pred.card['metrics']['val']['kendall_tau']:.3f})")
+    console.print(f"saved {pred.name} {pred.version} to {out} (val τ {pred.card.metrics.val['kendall_tau']:.3f})")
 
 
 @app.command("eval")

@@ -56,7 +56,7 @@ def evaluate(
     for pdir in predictor_dirs:
         pred = Predictor.load(pdir)
         first = first or pred
-        train_zoos = [Path(z) for z in pred.card["zoo"]["dirs"]]
+        train_zoos = [Path(z) for z in pred.card.zoo.dirs]
         train_set = load_examples(train_zoos, "train", pred.config.chunk_size, max_baseline_train)
         train_id = _zoo_id(train_set)
         for zdir in map(Path, zoo_dirs):
@@ -74,7 +74,7 @@ def evaluate(
                 p = fit_predict(m, [e.state for e in train_set], [e.acc for e in train_set], [e.state for e in test_set])
                 scores[m] = kendall_tau(p, true)
             gap_tau = kendall_tau(out["gap"], np.array([e.gap for e in test_set]))
-            q = pred.card["conformal"]["accuracy"][DEFAULT_LEVEL]
+            q = pred.card.conformal.accuracy[DEFAULT_LEVEL]
             cov = coverage(true, *interval(out["acc"], q))
             row = {
                 "predictor": pred.name, "train": "/".join(train_id), "test": "/".join(_zoo_id(test_set)), "kind": kind,
@@ -101,7 +101,7 @@ def evaluate(
         "pairs": rows,
     }
     if unregularized is not None and first is not None:
-        inv_set = load_examples([Path(z) for z in first.card["zoo"]["dirs"]], "test", first.config.chunk_size, 256)
+        inv_set = load_examples([Path(z) for z in first.card.zoo.dirs], "test", first.config.chunk_size, 256)
         plain = Predictor.load(unregularized)
         results["logit_invariance"] = {
             "examples": len(inv_set),

@@ -83,7 +83,7 @@ def make_predictor_dir(out: Path) -> Path:
     pred = Predictor.untrained()
     ref = [load_checkpoint(ckpt_bytes("cnn", s)) for s in range(1001, 1006)]
     pred.reference = torch.from_numpy(np.stack([p.embedding for p in pred.predict(ref)]))
-    pred.card.update(
+    pred.card = pred.card.updated(
         name="svc-fixture",
         version="svc-" + pred.version.split("-")[-1],
         trained=True,

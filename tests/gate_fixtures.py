@@ -10,6 +10,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
+import numpy as np
 import torch
 
 from model.checkpoint import load_checkpoint
@@ -30,9 +31,9 @@ def make_fixture_predictor(out: Path) -> Path:
     """
     pred = Predictor.untrained()
     ckpts = [load_checkpoint(checkpoint_bytes("arch1", s)) for s in range(1, 6)]
-    reference = torch.tensor([p.embedding for p in pred.predict(ckpts)])
+    reference = torch.from_numpy(np.stack([p.embedding for p in pred.predict(ckpts)]))  # [5, E]
     pred.reference = reference
-    pred.card.update(
+    pred.card = pred.card.updated(
         name="gate-fixture",
         version="fixture-" + pred.version.split("-")[-1],
         trained=True,

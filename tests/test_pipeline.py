@@ -45,8 +45,8 @@ def test_end_to_end(zoos, tmp_path):
     assert {"results.json", "results.md", "pred_vs_true.png", "embeddings_pca.png"} <= {p.name for p in (tmp_path / "eval").iterdir()}
     update_card(tmp_path / "run", results)
     loaded = Predictor.load(tmp_path / "run")
-    assert set(loaded.card["metrics"]["kendall_tau"]) == {"in_distribution", "cross_dataset", "cross_arch"}
-    assert set(loaded.card["metrics"]["kendall_tau"]["in_distribution"]) == {"sne", "statnn", "mlp"}
+    assert set(loaded.card.metrics.kendall_tau) == {"in_distribution", "cross_dataset", "cross_arch"}
+    assert set(loaded.card.metrics.kendall_tau["in_distribution"]) == {"sne", "statnn", "mlp"}
 
 
 def test_lir_penalty_trains_invariance(zoos):

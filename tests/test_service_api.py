@@ -37,7 +37,7 @@ def assert_matches(body: dict, pred, predictor: Predictor, with_layers: bool = F
     else:
         assert body["ood"]["score"] == pytest.approx(pred.ood_score, abs=1e-4)
     assert body["ood"]["flag"] == pred.ood_flag
-    assert body["ood"]["threshold"] == (predictor.card.get("ood") or {}).get("threshold")
+    assert body["ood"]["threshold"] == predictor.card.ood.threshold
     assert body["predictor"] == {"name": predictor.name, "version": predictor.version, "trained": predictor.trained}
     if with_layers:
         assert len(body["layer_embeddings"]) == len(pred.layer_embeddings)
@@ -121,7 +121,7 @@ async def test_default_predictor_path():
 async def test_predictor_card(svc_predictor_dir, svc_predictor):
     async with running_app(settings_for(svc_predictor_dir)) as client:
         card = (await client.get("/v1/predictor")).json()
-    assert card == svc_predictor.card
+    assert card == svc_predictor.card.model_dump(mode="json")
     assert card["metrics"]["kendall_tau"]["test"]["sne"] == 0.5
     assert card["config"]["chunk_size"] == 16 and card["zoo"]["name"] == "fixture"
 
