@@ -118,20 +118,6 @@ class ErrorResponse(BaseModel):
 
     error: ErrorDetail
 
-    model_config = ConfigDict(
-        json_schema_extra={
-            "examples": [
-                {
-                    "error": {
-                        "reason": "pickle",
-                        "message": "this is a Python pickle (torch.save .pt/.bin); pickles can run code and are never "
-                        "loaded. Save the state_dict with safetensors.torch.save_file instead.",
-                    }
-                }
-            ]
-        }
-    )
-
 
 class BatchItem(BaseModel):
     """One file of a batch: `result` when it was encoded, `error` (with its HTTP status) when it was refused."""
@@ -194,13 +180,43 @@ class Readiness(BaseModel):
     )
 
 
-#: error responses shown in OpenAPI for the upload routes
+def _error(description: str, reason: Reason, message: str) -> dict[str, Any]:
+    """An OpenAPI response entry: the error shape with an example of this status (a real message)."""
+    example = {"error": {"reason": reason.value, "message": message}}
+    return {"model": ErrorResponse, "description": description, "content": {"application/json": {"example": example}}}
+
+
+UNAUTHORIZED = _error(
+    "API keys are configured and `X-API-Key` is missing or wrong.",
+    Reason.unauthorized, "missing X-API-Key header: this service requires an API key",
+)
+BAD_QUERY = _error(
+    "An invalid query parameter (in this service's one error shape).",
+    Reason.invalid_request, "query.layer_embeddings: Input should be a valid boolean, unable to interpret input",
+)
+#: error responses shown in OpenAPI for the upload routes, each with an example of its own
 UPLOAD_ERRORS: dict[int | str, dict[str, Any]] = {
-    401: {"model": ErrorResponse, "description": "API keys are configured and `X-API-Key` is missing or wrong."},
-    413: {"model": ErrorResponse, "description": "Upload larger than SNE_MAX_UPLOAD_BYTES (refused while streaming)."},
-    415: {"model": ErrorResponse, "description": "Not a safetensors file (pickle, zip, other)."},
-    422: {"model": ErrorResponse, "description": "Malformed safetensors, no float weights, a layer too large, ..."},
-    503: {"model": ErrorResponse, "description": "Queue full or shutting down; retry after `Retry-After` seconds."},
+    401: UNAUTHORIZED,
+    413: _error(
+        "Upload larger than SNE_MAX_UPLOAD_BYTES (refused while streaming), or too many files.",
+        Reason.too_large,
+        "upload of 2147483648 bytes exceeds the limit of 1073741824 bytes (SNE_MAX_UPLOAD_BYTES)",
+    ),
+    415: _error(
+        "Not a safetensors file (reason pickle, zip or not_safetensors).",
+        Reason.pickle,
+        "this is a Python pickle (torch.save .pt/.bin); pickles can run code and are never loaded. "
+        "Save the state_dict with safetensors.torch.save_file instead.",
+    ),
+    422: _error(
+        "Malformed safetensors (truncated, bad_header, bad_offsets, ...), no float weights, a layer too large "
+        "to encode, or an invalid query parameter.",
+        Reason.truncated, "header claims 4120 bytes but the file has only 310 after it",
+    ),
+    503: _error(
+        "Queue full, shutting down or still starting; retry after `Retry-After` seconds.",
+        Reason.queue_full, "256 checkpoints are already waiting (SNE_QUEUE_LIMIT); retry shortly",
+    ),
 }
 
 

@@ -74,7 +74,7 @@ def evaluate(
                 p = fit_predict(m, [e.state for e in train_set], [e.acc for e in train_set], [e.state for e in test_set])
                 scores[m] = kendall_tau(p, true)
             gap_tau = kendall_tau(out["gap"], np.array([e.gap for e in test_set]))
-            q = pred.card.conformal.accuracy[DEFAULT_LEVEL]
+            q = pred.card.conformal.half_width(DEFAULT_LEVEL)
             cov = coverage(true, *interval(out["acc"], q))
             row = {
                 "predictor": pred.name, "train": "/".join(train_id), "test": "/".join(_zoo_id(test_set)), "kind": kind,

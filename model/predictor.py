@@ -65,8 +65,18 @@ class Metrics(_CardPart):
 class Conformal(_CardPart):
     method: str | None = None
     n_calibration: int | None = None
-    accuracy: dict[str, float] = Field(default_factory=dict, description="Half-width of the interval per level.")
-    gap: dict[str, float] = Field(default_factory=dict)
+    accuracy: dict[str, float | None] = Field(
+        default_factory=dict,
+        description="Half-width of the accuracy interval per level; null when infinite (too few calibration points).",
+    )
+    gap: dict[str, float | None] = Field(default_factory=dict)
+
+    def half_width(self, level: str = "0.90") -> float | None:
+        """The accuracy interval's half-width at `level`: None when uncalibrated there, inf when unbounded."""
+        if level not in self.accuracy:
+            return None
+        q = self.accuracy[level]
+        return math.inf if q is None else q
 
 
 class OODInfo(_CardPart):
@@ -97,7 +107,8 @@ class PredictorCard(_CardPart):
     @model_validator(mode="before")
     @classmethod
     def _nan_is_null(cls, data: Any) -> Any:
-        """A metric that could not be computed (NaN) is null: the card stays strict JSON everywhere."""
+        """NaN (a metric that could not be computed) and inf (an unbounded quantile) are null: the card
+        stays strict JSON everywhere."""
         return _finite_or_none(data)
 
     def updated(self, **changes: object) -> PredictorCard:
@@ -228,7 +239,7 @@ class Predictor:
         emb_np = emb.cpu().numpy()  # [B, E] float32
         acc = out.accuracy.float().cpu()  # [B]
         gap = out.gap.float().cpu() if self.card.predicts_gap else None  # [B]
-        q = self.card.conformal.accuracy.get(DEFAULT_LEVEL)
+        q = self.card.conformal.half_width(DEFAULT_LEVEL)
         threshold = self.card.ood.threshold
         score = knn_score(emb, self.reference).cpu() if self.reference is not None else None
         layers = out.layer_embeddings.float().cpu().numpy()  # [sum L, H] float32

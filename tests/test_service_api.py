@@ -3,6 +3,7 @@ directly, the batch route, the predictor card, health/readiness and OpenAPI."""
 from __future__ import annotations
 
 import hashlib
+import json
 
 import pytest
 
@@ -170,7 +171,14 @@ async def test_health_readiness_openapi(svc_predictor_dir):
         assert {"200", "401", "413", "415", "422", "503"} <= set(encode["responses"])
         assert "/v1/encode/batch" in spec["paths"] and "/v1/predictor" in spec["paths"]
         schemas = spec["components"]["schemas"]
-        assert schemas["EncodeResponse"]["examples"] and schemas["ErrorResponse"]["examples"]
+        assert schemas["EncodeResponse"]["examples"]
+        # every error status shows its own example, with a reason that belongs to that status
+        want = {"401": "unauthorized", "413": "too_large", "415": "pickle", "422": "truncated", "503": "queue_full"}
+        got = {s: encode["responses"][s]["content"]["application/json"]["example"]["error"]["reason"] for s in want}
+        assert got == want
+        batch = spec["paths"]["/v1/encode/batch"]["post"]["responses"]
+        assert batch["422"]["content"]["application/json"]["example"]["error"]["reason"] == "invalid_request"
+        assert "HTTPValidationError" not in json.dumps(spec)
         assert {"sha256", "predictor", "embedding", "predicted_accuracy", "predicted_gap", "interval", "ood",
                 "layers", "layer_embeddings", "cached", "timings", "warning"} <= set(schemas["EncodeResponse"]["properties"])
     # after shutdown: not ready, and encode refuses cleanly (no 500)

@@ -13,6 +13,7 @@ from app.encoding import Encoding
 from app.errors import APIError, Reason
 from app.metrics import PARSE_FAILURES
 from app.schemas import (
+    BAD_QUERY,
     UPLOAD_ERRORS,
     BatchItem,
     BatchResponse,
@@ -112,8 +113,8 @@ async def encode(
     "/encode/batch",
     response_model=BatchResponse,
     response_model_exclude_unset=True,
-    # 422 only for a bad query parameter (this service's error shape, not FastAPI's HTTPValidationError)
-    responses={k: v for k, v in UPLOAD_ERRORS.items() if k in (401, 413, 422, 503)},
+    # a bad file is answered inside the 200 body; 422 only for a bad query parameter
+    responses={**{k: v for k, v in UPLOAD_ERRORS.items() if k in (401, 413, 503)}, 422: BAD_QUERY},
     openapi_extra=BATCH_BODY,
     summary="Encode several checkpoints in one request",
     description="Each file is answered on its own (`status` 200 with `result`, or its error): one bad file "

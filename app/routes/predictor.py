@@ -5,7 +5,7 @@ from fastapi import APIRouter, Depends
 
 from app.auth import require_api_key
 from app.deps import PredictorDep
-from app.schemas import ErrorResponse, PredictorCardResponse
+from app.schemas import UNAUTHORIZED, PredictorCardResponse
 from model.predictor import PredictorCard
 
 router = APIRouter(prefix="/v1", tags=["predictor"], dependencies=[Depends(require_api_key)])
@@ -14,7 +14,7 @@ router = APIRouter(prefix="/v1", tags=["predictor"], dependencies=[Depends(requi
 @router.get(
     "/predictor",
     response_model=PredictorCardResponse,
-    responses={401: {"model": ErrorResponse, "description": "Missing or wrong X-API-Key."}},
+    responses={401: UNAUTHORIZED},
     summary="The loaded predictor's card",
 )
 async def predictor_card(predictor: PredictorDep) -> PredictorCard:
