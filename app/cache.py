@@ -21,6 +21,7 @@ from collections import OrderedDict
 from typing import Protocol, runtime_checkable
 
 import numpy as np
+from redis.exceptions import RedisError
 
 from app.encoding import Encoding
 from app.metrics import CACHE_ERRORS, CACHE_HITS, CACHE_MISSES
@@ -33,6 +34,8 @@ log = logging.getLogger("sne.cache")
 MAGIC = b"SNE2"  # SNE2: the header carries the sha256
 _HEAD = struct.Struct("<4sI")  # magic, JSON header length
 MAX_BACKOFF_SECONDS = 60.0
+#: what a Redis call can fail with: its own errors, the socket's, our deadline
+REDIS_FAILURES = (RedisError, OSError, TimeoutError)
 
 
 # --------------------------------------------------------------------------------------------- codec
@@ -101,7 +104,7 @@ def unpack_encoding(data: bytes) -> Encoding:
         )
     except ValueError:
         raise
-    except Exception as e:  # struct.error, KeyError, TypeError...: a corrupt record
+    except (struct.error, KeyError, TypeError, IndexError) as e:  # a corrupt record
         raise ValueError(f"corrupt cache record: {type(e).__name__}: {e}") from None
 
 
@@ -213,7 +216,7 @@ class RedisCache:
                 value = await coro_fn(*args, **kwargs)
         except asyncio.CancelledError:
             raise
-        except Exception as e:  # ConnectionError, TimeoutError, ResponseError, OSError, ...
+        except REDIS_FAILURES as e:  # ConnectionError, TimeoutError, ResponseError, OSError, ...
             self._failed(op, e)
             return False, None
         self._succeeded()
@@ -249,7 +252,7 @@ class RedisCache:
                 await self._client.ping()
         except asyncio.CancelledError:
             raise
-        except Exception as e:
+        except REDIS_FAILURES as e:
             self.last_error = f"{type(e).__name__}: {e}"
             return "down"
         self._succeeded()
@@ -258,8 +261,8 @@ class RedisCache:
     async def close(self) -> None:
         try:
             await self._client.aclose()
-        except Exception:  # closing a broken connection must not break shutdown
-            pass
+        except REDIS_FAILURES as e:  # closing a broken connection must not break shutdown
+            log.debug("closing redis: %s", e)
 
 
 def make_cache(settings: Settings) -> ResultCache:

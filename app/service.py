@@ -74,7 +74,7 @@ class EncodeService:
         self._closing = True
         tasks = list(self._inflight.values())
         if tasks:
-            done, pending = await asyncio.wait(tasks, timeout=timeout)
+            _, pending = await asyncio.wait(tasks, timeout=timeout)
             if pending:
                 log.warning("%d encode(s) still running at shutdown", len(pending))
 

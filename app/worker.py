@@ -104,8 +104,10 @@ class BatchWorker:
                 self._task.cancel()
                 try:
                     await self._task
-                except (asyncio.CancelledError, Exception):
-                    pass
+                except asyncio.CancelledError:
+                    log.debug("worker loop cancelled")
+                except Exception:
+                    log.exception("worker loop failed while stopping")
             except Exception:
                 log.exception("worker loop failed")
         while self._queue:  # anything left after a timeout
@@ -197,7 +199,7 @@ class BatchWorker:
                     if not job.future.done():
                         job.future.set_exception(self._unavailable(Reason.shutting_down, "the service is shutting down"))
                 raise
-            except Exception as e:  # the executor itself failed (shut down): answer, never hang
+            except Exception as e:  # noqa: BLE001 - the executor itself failed (shut down): answer, never hang
                 results = [e] * len(batch)
             elapsed = time.perf_counter() - started
             self.batches += 1
