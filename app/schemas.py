@@ -196,6 +196,10 @@ BAD_QUERY = _error(
 )
 #: error responses shown in OpenAPI for the upload routes, each with an example of its own
 UPLOAD_ERRORS: dict[int | str, dict[str, Any]] = {
+    400: _error(
+        "A malformed HTTP body: broken multipart, bad Content-Length, or the client hung up mid-upload.",
+        Reason.bad_multipart, "multipart/form-data without a boundary parameter",
+    ),
     401: UNAUTHORIZED,
     413: _error(
         "Upload larger than SNE_MAX_UPLOAD_BYTES (refused while streaming), or too many files.",

@@ -67,6 +67,8 @@ async def test_request_errors_match_the_schema(svc_predictor_dir):
         assert r.status_code == 401 and check(openapi, "get", "/v1/predictor", r)["error"]["reason"] == "unauthorized"
         big = await client.post("/v1/encode", content=b"\0" * 5000, headers={"X-API-Key": "k"})
         assert big.status_code == 413 and check(openapi, "post", "/v1/encode", big)["error"]["reason"] == "too_large"
+        r = await client.post("/v1/encode", content=b"x", headers={"X-API-Key": "k", "Content-Type": "multipart/form-data"})
+        assert r.status_code == 400 and check(openapi, "post", "/v1/encode", r)["error"]["reason"] == "bad_multipart"
         bad_q = await client.post("/v1/encode/batch?layer_embeddings=maybe", headers={"X-API-Key": "k"},
                                   files=[("files", ("a.safetensors", b"x"))])
         assert bad_q.status_code == 422

@@ -114,7 +114,7 @@ async def encode(
     response_model=BatchResponse,
     response_model_exclude_unset=True,
     # a bad file is answered inside the 200 body; 422 only for a bad query parameter
-    responses={**{k: v for k, v in UPLOAD_ERRORS.items() if k in (401, 413, 503)}, 422: BAD_QUERY},
+    responses={**{k: v for k, v in UPLOAD_ERRORS.items() if k in (400, 401, 413, 503)}, 422: BAD_QUERY},
     openapi_extra=BATCH_BODY,
     summary="Encode several checkpoints in one request",
     description="Each file is answered on its own (`status` 200 with `result`, or its error): one bad file "
