@@ -82,7 +82,7 @@ class Conformal(_CardPart):
 class OODInfo(_CardPart):
     method: str | None = None
     k: int = OOD_K
-    threshold: float | None = Field(None, description="kNN distance beyond which a checkpoint is flagged.")
+    threshold: float | None = Field(default=None, description="kNN distance beyond which a checkpoint is flagged.")
     quantile: float | None = None
     n_reference: int | None = None
 

@@ -135,7 +135,7 @@ async def encode_batch(
             items.append(BatchItem(filename=name, status=200, result=body, error=None))
         elif isinstance(out, APIError):
             items.append(BatchItem(filename=name, status=out.status, result=None,
-                                   error=ErrorDetail(reason=out.reason, message=out.message)))
+                                   error=ErrorDetail(reason=Reason(out.reason), message=out.message)))
         else:
             message = f"internal error ({type(out).__name__}); see the server log"
             items.append(BatchItem(filename=name, status=500, result=None,
