@@ -24,10 +24,12 @@ def encode_command(
     from model.errors import CheckpointError
     from model.predictor import Predictor
 
-    try:
-        ckpts = [load_checkpoint(f) for f in files]
-    except CheckpointError as e:
-        fail(str(e))
+    ckpts = []
+    for f in files:
+        try:
+            ckpts.append(load_checkpoint(f))
+        except CheckpointError as e:
+            fail(f"{f}: {e} [{e.reason}]")
     pred = Predictor.load(predictor)
     results = pred.predict(ckpts)
     if not pred.trained:
