@@ -3,11 +3,23 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, TypedDict
 
 import typer
 
 from app.cli.common import console, fail
+
+
+class LayerRow(TypedDict):
+    """One row of the table (and of `--json`'s `layers`)."""
+
+    name: str
+    type: str
+    level: int
+    shape: list[int]
+    bias: list[int] | None
+    parameters: int
+    chunks: int
 
 
 def inspect_command(
@@ -26,20 +38,18 @@ def inspect_command(
         ckpt = load_checkpoint(file)
     except CheckpointError as e:
         fail(f"{file}: {e} [{e.reason}]")
-    rows = []
-    for layer in ckpt.layers:
-        chunks = expected_chunks(layer, chunk_size)
-        rows.append(
-            {
-                "name": layer.name,
-                "type": layer.kind.value,
-                "level": layer.level,
-                "shape": layer.shape,
-                "bias": list(layer.bias.shape) if layer.bias is not None and layer.weight is not None else None,
-                "parameters": layer.n_params,
-                "chunks": chunks,
-            }
-        )
+    rows: list[LayerRow] = [
+        {
+            "name": layer.name,
+            "type": layer.kind.value,
+            "level": layer.level,
+            "shape": layer.shape,
+            "bias": list(layer.bias.shape) if layer.bias is not None and layer.weight is not None else None,
+            "parameters": layer.n_params,
+            "chunks": expected_chunks(layer, chunk_size),
+        }
+        for layer in ckpt.layers
+    ]
     skipped = [{"name": s.name, "dtype": s.dtype, "shape": s.shape, "reason": s.reason} for s in ckpt.skipped]
     if as_json:
         print(json.dumps({"file": str(file), "layers": rows, "skipped": skipped, "parameters": ckpt.n_params}, indent=2))

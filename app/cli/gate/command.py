@@ -10,6 +10,7 @@ from typing import Annotated
 
 import typer
 
+from app.cli.common import fail
 from app.cli.gate.client import API_KEY_ENV, DEFAULT_TIMEOUT, DEFAULT_URL, gate_remote
 from app.cli.gate.local import gate_local
 from app.cli.gate.render import (
@@ -19,7 +20,7 @@ from app.cli.gate.render import (
     render_table,
     report_json,
 )
-from app.cli.gate.verdict import EXIT_ERROR, error_verdict, exit_code, warnings_for
+from app.cli.gate.verdict import error_verdict, exit_code, warnings_for
 
 
 def out_is_tty(stderr: bool = False) -> bool:
@@ -91,8 +92,7 @@ def gate_command(
     err = Console(stderr=True, width=None if out_is_tty(stderr=True) else wide)
     _check_min_accuracy(min_accuracy)  # also when called as a plain function
     if not files:
-        err.print("[bold red]error:[/] no files to gate")
-        raise typer.Exit(EXIT_ERROR)
+        fail("no files to gate")
 
     if local:
         try:

@@ -4,11 +4,19 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from app.cli.gate.verdict import EXIT_ERROR, EXIT_FAIL, EXIT_PASS, Verdict, exit_code
 
+if TYPE_CHECKING:
+    from rich.console import JustifyMethod
+    from rich.table import Table
+
 SUMMARY_ENV = "GITHUB_STEP_SUMMARY"
+TABLE_COLUMNS: tuple[tuple[str, JustifyMethod], ...] = (
+    ("file", "left"), ("predicted", "right"), ("interval", "left"), ("ood", "left"), ("verdict", "center"),
+    ("reason", "left"),
+)
 
 
 def _f(x: float | None) -> str:
@@ -42,7 +50,9 @@ def _counts(verdicts: Sequence[Verdict]) -> str:
     return f"{n['pass']} passed, {n['fail']} failed, {n['error']} errored"
 
 
-def render_table(verdicts: Sequence[Verdict], min_accuracy: float, use_lower_bound: bool = False, fail_on_ood: bool = False):
+def render_table(
+    verdicts: Sequence[Verdict], min_accuracy: float, use_lower_bound: bool = False, fail_on_ood: bool = False,
+) -> Table:
     """A rich Table: file, prediction, interval, OOD, verdict, reason."""
     from rich.markup import escape
     from rich.table import Table
@@ -51,7 +61,7 @@ def render_table(verdicts: Sequence[Verdict], min_accuracy: float, use_lower_bou
     title = f"sne gate: {_criterion(min_accuracy, use_lower_bound, fail_on_ood)}"
     caption = f"{_counts(verdicts)}; exit {code}"
     table = Table(title=title, caption=caption)
-    for col, just in (("file", "left"), ("predicted", "right"), ("interval", "left"), ("ood", "left"), ("verdict", "center"), ("reason", "left")):
+    for col, just in TABLE_COLUMNS:
         table.add_column(col, justify=just, overflow="fold")
     style = {"pass": "bold green", "fail": "bold red", "error": "bold yellow"}
     for v in verdicts:
