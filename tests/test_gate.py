@@ -261,24 +261,18 @@ API_KEY = "gate-test-key"
 
 
 @pytest.fixture(scope="module")
-def predictor_dir(svc_predictor_dir) -> Path:
-    """conftest's calibrated fixture predictor (conformal half-width FIXTURE_Q, OOD threshold)."""
-    return svc_predictor_dir
-
-
-@pytest.fixture(scope="module")
-def service(predictor_dir):
+def service(svc_predictor_dir):
     """The real FastAPI app with the fixture predictor and one API key, on a free port."""
     from app.main import create_app
 
-    with live_server(create_app(settings_for(predictor_dir, api_keys=[API_KEY], warmup=False))) as url:
+    with live_server(create_app(settings_for(svc_predictor_dir, api_keys=[API_KEY], warmup=False))) as url:
         yield url
 
 
 @pytest.fixture(scope="module")
-def expected(predictor_dir, files) -> dict[str, object]:
+def expected(svc_predictor_dir, files) -> dict[str, object]:
     """What the fixture predictor says, computed directly: the gate must agree."""
-    pred = Predictor.load(predictor_dir)
+    pred = Predictor.load(svc_predictor_dir)
     return {k: pred.predict([load_checkpoint(files[k])])[0] for k in ("arch1", "mlp")}
 
 
@@ -365,11 +359,11 @@ def test_live_step_summary(service, files, expected, tmp_path):
     assert "svc-fixture" in md and "@90%" in md
 
 
-def test_local_matches_remote(service, files, predictor_dir, expected):
+def test_local_matches_remote(service, files, svc_predictor_dir, expected):
     bar = round(expected["arch1"].accuracy - 0.01, 4)
     args = (files["arch1"], files["mlp"], files["pickle"], "--min-accuracy", bar, "--fail-on-ood", "--json")
     rem = as_json(remote(service, *args))
-    loc = as_json(gate(*args, "--local", "--predictor", predictor_dir))
+    loc = as_json(gate(*args, "--local", "--predictor", svc_predictor_dir))
     assert rem["exit_code"] == loc["exit_code"] == 2
     assert [r["status"] for r in rem["results"]] == ["pass", "fail", "error"]
     for r, l in zip(rem["results"], loc["results"]):
@@ -378,4 +372,4 @@ def test_local_matches_remote(service, files, predictor_dir, expected):
             assert r["predicted_accuracy"] == pytest.approx(l["predicted_accuracy"], abs=1e-4)
             assert r["ood"]["flag"] == l["ood"]["flag"] and r["predictor"] == l["predictor"]
     ok = (files["arch1"], "--min-accuracy", round(expected["arch1"].accuracy - 0.01, 4), "--json")
-    assert remote(service, *ok).exit_code == gate(*ok, "--local", "--predictor", predictor_dir).exit_code == 0
+    assert remote(service, *ok).exit_code == gate(*ok, "--local", "--predictor", svc_predictor_dir).exit_code == 0
