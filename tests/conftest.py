@@ -1,4 +1,4 @@
-"""Shared helpers of the service tests (tests/test_service*.py, test_cache*.py, test_worker*.py).
+"""Shared helpers of the service and gate tests (test_service*.py, test_cache*.py, test_worker*.py, test_gate.py).
 
 * `svc_predictor_dir`: a calibrated fixture predictor (random weights, made-up conformal quantile, OOD
   reference of a few CNNs, gap head on, a card with Kendall-tau metrics) saved once per session.
