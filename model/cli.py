@@ -148,7 +148,7 @@ def train(
     """Train SNE (BCE on test accuracy, Adam, LIR) and save a calibrated predictor; resumes if interrupted."""
     import torch
 
-    from model.train import TrainOptions, train as run
+    from model.training import TrainOptions, train as run
 
     torch.set_num_threads(threads)
     opts = TrainOptions(config=config, epochs=epochs, batch_size=batch_size, lr=lr, lir_weight=lir_weight,
@@ -170,7 +170,7 @@ def eval_(
     """Kendall τ of SNE vs STATNN vs MLP: in-distribution, cross-dataset, cross-architecture."""
     import torch
 
-    from model.evaluate import evaluate, update_card as write_card
+    from model.evaluation import evaluate, update_card as write_card
 
     torch.set_num_threads(threads)
     results = evaluate(predictors, zoo_dirs, out, unregularized=unregularized, max_test=max_test)

@@ -1,14 +1,14 @@
-"""STATNN and flat-weight MLP baselines (model/baselines.py) on tiny synthetic state dicts."""
+"""STATNN and flat-weight MLP baselines (model/evaluation/baselines.py) on tiny synthetic state dicts."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 import torch
 
-from model.baselines import FlatMLP, StatNN, fit_predict, flat_features, statnn_features
-from model.metrics import kendall_tau
+from model.evaluation.baselines import FlatMLP, StatNN, fit_predict, flat_features, statnn_features
+from model.evaluation.metrics import kendall_tau
 
-torch.set_num_threads(2)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 # a tiny CNN-like state dict: 6 floating tensors, 754 parameters
 SHAPES: dict[str, tuple[int, ...]] = {

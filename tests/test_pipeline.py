@@ -5,9 +5,10 @@ import numpy as np
 import pytest
 import torch
 
-from model.evaluate import evaluate, update_card
+from model.evaluation import evaluate, update_card
 from model.predictor import Predictor
-from model.train import TrainOptions, invariance_error, load_examples, lir_penalty, train
+from model.training import TrainOptions, invariance_error, load_examples, train
+from model.training.lir import lir_penalty
 from model.zoo import generate_zoo, load_index
 
 
