@@ -7,8 +7,13 @@ import numpy as np
 import pytest
 from scipy.stats import kendalltau
 
-from model.evaluation.metrics import conformal_quantile, conformal_quantiles, coverage, interval, kendall_tau
-
+from model.evaluation.metrics import (
+    conformal_quantile,
+    conformal_quantiles,
+    coverage,
+    interval,
+    kendall_tau,
+)
 
 # ------------------------------------------------------------------------------------------- kendall tau
 

@@ -8,10 +8,9 @@ import torch.nn.functional as F
 
 from model.zoo.archs import ARCH_SPECS, build_arch, get_spec
 from model.zoo.datasets import load_dataset
-from model.zoo.permute import permute_hidden, random_permute
 from model.zoo.engine import init_state
+from model.zoo.permute import permute_hidden, random_permute
 from model.zoo.space import HParams
-
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
