@@ -10,6 +10,7 @@ import json
 from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -41,7 +42,7 @@ def evaluate(
     max_test: int | None = None,
     max_baseline_train: int | None = None,
     plots: bool = True,
-) -> dict:
+) -> dict[str, Any]:
     """Score every predictor on every zoo's test split; write results.json, results.md and plots."""
     out_dir.mkdir(parents=True, exist_ok=True)
     cache: dict[tuple[Path, int], list[Example]] = {}
@@ -51,8 +52,10 @@ def evaluate(
             cache[zoo, chunk_size] = load_examples([zoo], "test", chunk_size, max_test)
         return cache[zoo, chunk_size]
 
-    rows, per_kind = [], defaultdict(lambda: defaultdict(list))
-    coverage_rows, embeddings = [], []
+    rows: list[dict[str, Any]] = []
+    per_kind: defaultdict[str, defaultdict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+    coverage_rows: list[tuple[str, float]] = []
+    embeddings: list[tuple[str, np.ndarray, np.ndarray, np.ndarray]] = []
     first = None
     for pdir in predictor_dirs:
         pred = Predictor.load(pdir)
@@ -67,7 +70,7 @@ def evaluate(
             kind = pair_kind(train_id, _zoo_id(test_set))
             true = np.array([e.acc for e in test_set])
             out = predict_examples(pred.model, test_set)
-            scores = {"sne": kendall_tau(out["acc"], true)}
+            scores: dict[str, float | None] = {"sne": kendall_tau(out["acc"], true)}
             for m in ("statnn", "mlp"):
                 if kind == "cross_arch":
                     scores[m] = None  # fixed-architecture baselines cannot read another architecture
@@ -77,21 +80,22 @@ def evaluate(
             gap_tau = kendall_tau(out["gap"], np.array([e.gap for e in test_set]))
             q = pred.card["conformal"]["accuracy"][DEFAULT_LEVEL]
             cov = coverage(true, *interval(out["acc"], q))
+            test_name = "/".join(_zoo_id(test_set))
             row = {
-                "predictor": pred.name, "train": "/".join(train_id), "test": "/".join(_zoo_id(test_set)), "kind": kind,
+                "predictor": pred.name, "train": "/".join(train_id), "test": test_name, "kind": kind,
                 "n_test": len(test_set), **{f"tau_{m}": scores[m] for m in METHODS}, "gap_tau_sne": gap_tau,
                 f"coverage_{DEFAULT_LEVEL}": cov,
             }
             rows.append(row)
             for m in METHODS:
-                if scores[m] is not None:
-                    per_kind[kind][m].append(scores[m])
+                if (score := scores[m]) is not None:
+                    per_kind[kind][m].append(score)
             per_kind[kind]["gap_sne"].append(gap_tau)
             coverage_rows.append((kind, cov))
             if pred is first:
-                embeddings.append((row["test"], out["emb"].numpy(), out["acc"], true))
+                embeddings.append((test_name, out["emb"].numpy(), out["acc"], true))
     summary = {k: {m: (float(np.mean(v)) if (v := per_kind[k].get(m)) else None) for m in METHODS} for k in KINDS}
-    results = {
+    results: dict[str, Any] = {
         "kendall_tau": summary,
         "gap_kendall_tau": {k: (float(np.mean(v)) if (v := per_kind[k].get("gap_sne")) else None) for k in KINDS},
         "coverage": {

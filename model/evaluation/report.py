@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -13,7 +14,7 @@ def _fmt(x: float | None) -> str:
     return "n/a" if x is None else f"{x:.3f}"
 
 
-def markdown(results: dict) -> str:
+def markdown(results: dict[str, Any]) -> str:
     """Tables in the paper's format: Kendall τ per train→test pair and method, then averages."""
     lines = ["| train → test | kind | n | SNE | STATNN | MLP | SNE gap τ | 90% coverage |", "|---|---|---|---|---|---|---|---|"]
     for r in results["pairs"]:
@@ -35,8 +36,11 @@ def markdown(results: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def make_plots(embeddings: list, out_dir: Path) -> None:
-    """predicted-vs-true scatter and a 2-D PCA of the embeddings, coloured by test zoo."""
+def make_plots(embeddings: list[tuple[str, np.ndarray, np.ndarray, np.ndarray]], out_dir: Path) -> None:
+    """predicted-vs-true scatter and a 2-D PCA of the embeddings, coloured by test zoo.
+
+    ``embeddings``: per test zoo (name, embeddings [n, d], predicted accuracy [n], true accuracy [n]).
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -65,7 +69,7 @@ def make_plots(embeddings: list, out_dir: Path) -> None:
     plt.close(fig)
 
 
-def update_card(predictor_dir: Path, results: dict) -> None:
+def update_card(predictor_dir: Path, results: dict[str, Any]) -> None:
     """Write the evaluation into a predictor's card, so `GET /v1/predictor` serves the evidence."""
     path = Path(predictor_dir) / "card.json"
     card = json.loads(path.read_text())

@@ -5,6 +5,7 @@ import random
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypedDict
 
 import numpy as np
 import torch
@@ -43,8 +44,16 @@ def load_examples(
     return out
 
 
+class ExamplePredictions(TypedDict):
+    """Predictions for examples, in order: numpy for scoring, the embeddings as a tensor for the OOD reference."""
+
+    acc: np.ndarray  # [n]
+    gap: np.ndarray  # [n]
+    emb: torch.Tensor  # [n, encoding]
+
+
 @torch.no_grad()
-def predict_examples(model: SNE, examples: Sequence[Example], batch_size: int = 64) -> dict[str, np.ndarray]:
+def predict_examples(model: SNE, examples: Sequence[Example], batch_size: int = 64) -> ExamplePredictions:
     """Predicted accuracy, gap and embeddings for examples, in order."""
     model.eval()
     acc, gap, emb = [], [], []

@@ -112,6 +112,8 @@ def train(zoo_dirs: Sequence[Path], out_dir: Path, opts: TrainOptions, progress:
             info["epoch"] = epoch + 1
             save_resume(resume_dir, model, opt, info)
             bar.console.print(f"epoch {epoch + 1}: loss {np.mean(losses):.4f}  val τ {tau:.4f}")
+    if best is None:
+        raise ValueError(f"no epoch was trained (epochs={opts.epochs}): nothing to select a model from")
     model.load_state_dict(best)
     predictor = finalize(model.cpu(), train_set, val_set, zoo_dirs, opts, info, time.time() - t0)
     predictor.save(out_dir)

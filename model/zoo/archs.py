@@ -59,6 +59,8 @@ class RateDropout(nn.Module):
     A rate of 0 is an exact identity; in eval mode it is always the identity.
     """
 
+    rate: Tensor  # () buffer: functional_call / vmap swap in one rate per model
+
     def __init__(self, p: float = 0.0) -> None:
         super().__init__()
         if not 0.0 <= p < 1.0:

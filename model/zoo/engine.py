@@ -85,12 +85,11 @@ def batched_forward(
             bias = params[f"{name}.bias"].reshape(-1)
             o, c = w.shape[1], w.shape[2]
             w = w.reshape(m_models * o, c, *w.shape[3:])
-            kw = {"stride": mod.stride, "padding": mod.padding, "dilation": mod.dilation}
-            if shared:
-                h = F.conv2d(h, w, bias, **kw)
-                shared = False
-            else:
-                h = F.conv2d(h, w, bias, groups=m_models, **kw)
+            if isinstance(mod.padding, str):
+                raise ValueError(f"{name}: string padding is unsupported")  # noqa: TRY004 (a bad arch)
+            groups = 1 if shared else m_models  # shared input: each model's filters see all C channels
+            h = F.conv2d(h, w, bias, stride=mod.stride, padding=mod.padding, dilation=mod.dilation, groups=groups)
+            shared = False
         elif isinstance(mod, nn.Linear):
             if not flat:
                 raise ValueError(f"{name}: linear layer before Flatten/global pooling is unsupported")
