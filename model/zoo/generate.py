@@ -127,7 +127,7 @@ def generate_zoo(
         total_model_epochs = sum(hps[r].epochs for r in pending)
         wall_before = float(previous.get("wall_seconds_total", 0.0))
 
-        def write_config(wall_this_call: float) -> None:
+        def write_config(wall_this_call: float, n_diverged: int) -> None:
             rows = load_index(out_dir)
             body = dict(config)
             body.update(
@@ -162,13 +162,13 @@ def generate_zoo(
                 append_index(index_path, res.rows)
                 n_diverged += res.n_diverged
                 trained += len(group)
-                write_config(time.perf_counter() - t0)
+                write_config(time.perf_counter() - t0, n_diverged)
         wall = time.perf_counter() - t0
-        write_config(wall)
+        write_config(wall, n_diverged)
         rows = load_index(out_dir)
         split_runs: dict[str, int] = {s: 0 for s in SPLITS}
-        for rid in {r["run_id"]: r["split"] for r in rows}.items():
-            split_runs[rid[1]] += 1
+        for split in {r["run_id"]: r["split"] for r in rows}.values():  # one split per run
+            split_runs[split] += 1
         return ZooSummary(
             out_dir=out_dir,
             arch=arch,
