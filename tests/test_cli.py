@@ -5,7 +5,6 @@
 from __future__ import annotations
 
 import ast
-import importlib.util
 import json
 import subprocess
 import sys
@@ -84,10 +83,6 @@ def test_bad_checkpoint_is_one_line_and_exit_2(tmp_path, command):
     assert line.startswith(f"error: {bad}: ") and line.endswith("[pickle]") and res.stdout == "", line
 
 
-MOVED = [m for m in ("model.training", "model.evaluation") if importlib.util.find_spec(m) is None]
-
-
-@pytest.mark.skipif(bool(MOVED), reason=f"{MOVED} arrive with the model/ reorganisation (issue 8): run after that merge")
 def test_zoo_train_eval_chain(tmp_path):
     """The three offline commands chained as the README runs them, at the smallest size that has every split."""
     zoo, run, out = tmp_path / "zoo", tmp_path / "run", tmp_path / "eval"
@@ -100,4 +95,4 @@ def test_zoo_train_eval_chain(tmp_path):
     res = sne("eval", "--predictor", run, "--zoo", zoo, "--out", out, "--threads", 1, "--update-card")
     assert res.exit_code == 0, res.output
     assert "in_distribution" in res.stdout and (out / "results.json").exists()
-    assert "in_distribution" in Predictor.load(run).card["metrics"]["kendall_tau"]
+    assert "in_distribution" in Predictor.load(run).card.metrics.kendall_tau
