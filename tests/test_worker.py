@@ -127,6 +127,12 @@ async def test_graceful_shutdown_finishes_queued_work(svc_predictor_dir):
     assert late.headers["Retry-After"]
 
 
+async def _until(condition) -> None:
+    """Yield to the event loop until `condition()` holds (the caller bounds the wait with wait_for)."""
+    while not condition():
+        await asyncio.sleep(0)
+
+
 async def test_stop_timeout_answers_everything(svc_predictor):
     """If shutdown runs out of time, whatever is left is answered with 503, nothing hangs."""
     from app.errors import APIError
@@ -136,7 +142,7 @@ async def test_stop_timeout_answers_everything(svc_predictor):
     worker = BatchWorker(svc_predictor, max_batch_size=64, max_wait_ms=5000)
     await worker.start()
     tasks = [asyncio.create_task(worker.submit(p)) for p in parsed]
-    await asyncio.sleep(0.05)
+    await asyncio.wait_for(_until(lambda: worker.depth == len(parsed)), timeout=5)  # all queued, none encoded
     await worker.stop(timeout=0)
     results = await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), timeout=10)
     for r in results:
