@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import AsyncIterator
 
 import anyio
 import torch
@@ -19,7 +19,7 @@ from app.device import autocast_dtype, resolve_device
 from app.errors import install_error_handlers
 from app.metrics import PREDICTOR_INFO
 from app.middleware import MetricsMiddleware
-from app.routes import encode, health, metrics, predictor
+from app.routes import encode, health, metrics, pages, predictor
 from app.service import EncodeService
 from app.settings import Settings, get_settings
 from app.worker import BatchWorker
@@ -112,6 +112,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version="0.1.0",
         description=DESCRIPTION,
         lifespan=lifespan,
+        docs_url=None,  # served by app.routes.pages from local assets (the default loads them from a CDN)
+        redoc_url=None,
     )
     app.state.settings = settings if settings is not None else get_settings()
     install_error_handlers(app)
@@ -120,6 +122,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(predictor.router)
     app.include_router(health.router)
     app.include_router(metrics.router)
+    app.include_router(pages.router)
+    app.mount(pages.SWAGGER_STATIC, pages.swagger_assets(), name="swagger-ui")
     return app
 
 

@@ -1,9 +1,9 @@
 """One place for the service's configuration: every field is an `SNE_*` environment variable."""
 from __future__ import annotations
 
+import json
 from functools import lru_cache
 from pathlib import Path
-import json
 from typing import Annotated, Literal
 
 from pydantic import Field, field_validator

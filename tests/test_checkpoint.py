@@ -10,6 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from safetensors.torch import save
 
+from app.errors import checkpoint_status
 from model.admission import Limits
 from model.checkpoint import (
     CheckpointFile,
@@ -141,7 +142,7 @@ def test_bad_input_one_typed_error(case, tmp_path):
         with pytest.raises(CheckpointError) as e:
             load_checkpoint(source)
         assert e.value.reason == reason, str(e.value)
-        assert e.value.http_status == status
+        assert checkpoint_status(e.value) == status
         assert len(str(e.value)) > 10
 
 

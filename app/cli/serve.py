@@ -2,11 +2,12 @@
 from __future__ import annotations
 
 import copy
+from typing import Annotated, Any
 
-from app.settings import get_settings
+import typer
 
 
-def log_config() -> dict:
+def log_config() -> dict[str, Any]:
     """uvicorn's logging config plus the service's own `sne.*` loggers (start-up, Redis state, worker)."""
     from uvicorn.config import LOGGING_CONFIG
 
@@ -23,6 +24,8 @@ def serve(host: str | None = None, port: int | None = None) -> None:
     """
     import uvicorn
 
+    from app.settings import get_settings
+
     settings = get_settings()
     uvicorn.run(
         "app.main:app",
@@ -33,3 +36,11 @@ def serve(host: str | None = None, port: int | None = None) -> None:
         log_level="info",
         log_config=log_config(),
     )
+
+
+def serve_command(
+    host: Annotated[str | None, typer.Option(help="Bind address (default SNE_HOST or 127.0.0.1).")] = None,
+    port: Annotated[int | None, typer.Option(help="Port (default SNE_PORT or 8000).")] = None,
+) -> None:
+    """Run the HTTP service (app.main:app) with uvicorn."""
+    serve(host, port)
