@@ -95,7 +95,7 @@ def test_lir_penalty_trains_invariance(zoos):
     gen = torch.Generator().manual_seed(0)
     assert any(_chunk_sets(permuted_layers(e, gen, model.cfg.chunk_size)) != _chunk_sets(e.layers) for e in ex)
     # an untrained encoder predicts a near-constant logit; larger random head weights make it input-dependent
-    for p in model.head.parameters():
+    for p in model.accuracy_head.parameters():
         torch.nn.init.normal_(p, std=0.5)
     before = invariance_error(model, ex, seed=1)
     assert before > 1e-3, before  # well above float rounding (~1e-7)

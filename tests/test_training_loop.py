@@ -4,7 +4,7 @@ import math
 
 import torch
 
-from model.train import lr_factor, ranking_loss
+from model.training.train import lr_factor, ranking_loss
 
 
 def test_ranking_loss_rewards_the_right_order_only():

@@ -14,11 +14,14 @@ def train_command(
     out: Annotated[Path, typer.Option(help="Predictor output directory (model.safetensors, card.json, ...).")],
     config: Annotated[str, typer.Option(help="Encoder size: small (2 CPU cores) or paper (Table 7; GPU).")] = "small",
     epochs: Annotated[int, typer.Option()] = 12,
-    batch_size: Annotated[int, typer.Option(
-        help="Checkpoints per step (small batches: more steps per CPU minute).",
-    )] = 8,
-    lr: Annotated[float, typer.Option(help="Adam learning rate (x0.3 at 60 % and 85 % of the epochs).")] = 1e-3,
-    clip_grad: Annotated[float, typer.Option(help="Clip the gradient norm to this (0 = off).")] = 0.0,
+    batch_size: Annotated[int, typer.Option(help="Checkpoints per step.")] = 16,
+    lr: Annotated[float, typer.Option(help="Peak AdamW learning rate (linear warm-up, cosine decay).")] = 2e-3,
+    weight_decay: Annotated[float, typer.Option(help="AdamW weight decay.")] = 0.01,
+    warmup: Annotated[float, typer.Option(help="Share of the steps spent warming up.")] = 0.05,
+    clip_grad: Annotated[float, typer.Option(help="Clip the gradient norm to this (0 = off).")] = 1.0,
+    rank_weight: Annotated[float, typer.Option(help="Pairwise ranking loss weight beside BCE (0 = off).")] = 1.0,
+    patience: Annotated[int, typer.Option(help="Stop after this many epochs without a better val tau (0 = never).")] = 0,
+    train_chunks: Annotated[int, typer.Option(help="Chunks per part sampled in each training step (0 = all).")] = 64,
     lir_weight: Annotated[float, typer.Option(help="Logit Invariance Regularization weight (0 = off).")] = 1.0,
     lir_fraction: Annotated[float, typer.Option(
         help="Share of each batch also encoded with permuted hidden units.",
@@ -30,12 +33,15 @@ def train_command(
     threads: Annotated[int, typer.Option(help="torch threads.")] = 2,
     name: Annotated[str | None, typer.Option(help="Predictor name in its card.")] = None,
 ) -> None:
-    """Train SNE (BCE on test accuracy, Adam, LIR) and save a calibrated predictor; resumes if interrupted."""
+    """Train SNE (BCE + ranking on test accuracy, AdamW, LIR) and save a calibrated predictor; resumes if interrupted."""
     import torch
+
     from model.training import TrainOptions, train
 
     torch.set_num_threads(threads)
-    opts = TrainOptions(config=config, epochs=epochs, batch_size=batch_size, lr=lr, lir_weight=lir_weight,
+    opts = TrainOptions(config=config, epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
+                        warmup=warmup, rank_weight=rank_weight, patience=patience, train_chunks=train_chunks,
+                        lir_weight=lir_weight,
                         lir_fraction=lir_fraction, clip_grad=clip_grad, max_train=max_train, max_eval=max_eval, seed=seed,
                         device=device, name=name)
     pred = train(zoo_dirs, out, opts)

@@ -11,10 +11,29 @@ import numpy as np
 import torch
 
 from model.checkpoint import checkpoint_from_tensors
-from model.chunking import ChunkedLayer, chunk_checkpoint
+from model.chunking import ChunkedLayer, Chunks, chunk_checkpoint
 from model.packing import pack
 from model.sne import SNE
 from model.zoo import load_index, load_zoo_checkpoint
+
+
+def sample_chunks(layers: list[ChunkedLayer], k: int, gen: torch.Generator) -> list[ChunkedLayer]:
+    """The layers with at most `k` random chunks per part (statistics kept): a training-time chunk budget.
+
+    Chunk encoding dominates a step's cost; the part encoder pools a set, so a random subset is an unbiased
+    view of it (and the service encodes large parts under a budget in the same way).
+    """
+    out = []
+    for layer in layers:
+        parts = []
+        for role, ch in layer.parts:
+            q = ch.values.shape[0]
+            if k and q > k:
+                keep = torch.randperm(q, generator=gen)[:k].sort().values  # [k]
+                ch = Chunks(ch.values[keep], ch.lengths[keep], ch.size, ch.stats, ch.total)
+            parts.append((role, ch))
+        out.append(ChunkedLayer(layer.name, layer.kind, layer.level, parts))
+    return out
 
 
 @dataclass

@@ -14,7 +14,7 @@ from model.checkpoint import checkpoint_from_tensors
 from model.chunking import ChunkedLayer, chunk_checkpoint
 from model.packing import pack
 from model.sne import SNE
-from model.training.examples import Example
+from model.training.examples import Example, sample_chunks
 from model.zoo.permute import random_permute
 
 
@@ -23,9 +23,14 @@ def permuted_layers(e: Example, gen: torch.Generator, chunk_size: int) -> list[C
     return chunk_checkpoint(checkpoint_from_tensors(random_permute(e.state, e.arch, gen)), chunk_size)
 
 
-def lir_penalty(model: SNE, batch: Sequence[Example], logits: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-    """Mean squared change of the logit when each network's hidden units are randomly permuted."""
-    perm = model(pack([permuted_layers(e, gen, model.cfg.chunk_size) for e in batch]))
+def lir_penalty(
+    model: SNE, batch: Sequence[Example], logits: torch.Tensor, gen: torch.Generator, chunks: int = 0
+) -> torch.Tensor:
+    """Mean squared change of the logit when each network's hidden units are randomly permuted.
+
+    With `chunks`, the permuted network is seen through its own random chunk sample, as the original was: the
+    term then also asks for invariance to which chunks were sampled (what a chunk budget needs)."""
+    perm = model(pack([sample_chunks(permuted_layers(e, gen, model.cfg.chunk_size), chunks, gen) for e in batch]))
     return F.mse_loss(perm.logit, logits)
 
 

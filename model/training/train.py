@@ -1,4 +1,8 @@
-"""`sne train`: fit SNE to a zoo's test accuracies (binary cross-entropy, Adam, paper §3.7).
+"""`sne train`: fit SNE to a zoo's test accuracies (binary cross-entropy, paper §3.7, plus a ranking term).
+
+Robust on 2 CPU cores: AdamW with linear warm-up and cosine decay, gradient clipping, a pairwise ranking loss
+beside BCE (Kendall τ, the metric, is a rank measure), a per-step chunk budget, early stopping on val τ keeping
+the best epoch, and the spread of val predictions logged every epoch so a collapse to a constant shows at once.
 
 Adds the v2 paper's Logit Invariance Regularization (``model.training.lir``) and a second head for the
 generalization gap. Each epoch is checkpointed (``model.training.resume``), so an interrupted run resumes;
@@ -7,9 +11,9 @@ generalization gap. Each epoch is checkpointed (``model.training.resume``), so a
 from __future__ import annotations
 
 import json
+import math
 import random
 import time
-import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from datetime import date
@@ -26,7 +30,7 @@ from model.evaluation.metrics import conformal_quantiles, kendall_tau
 from model.packing import pack
 from model.predictor import OOD_K, Predictor, knn_score, weights_digest
 from model.sne import SNE
-from model.training.examples import Example, load_examples, predict_examples
+from model.training.examples import Example, load_examples, predict_examples, sample_chunks
 from model.training.lir import lir_penalty
 from model.training.resume import load_resume, save_resume
 
@@ -37,9 +41,14 @@ class TrainOptions:
 
     config: str = "small"
     epochs: int = 12
-    batch_size: int = 8
-    lr: float = 1e-3
-    clip_grad: float = 0.0  # max gradient norm (0 = off)
+    batch_size: int = 16
+    lr: float = 2e-3  # peak learning rate, after warm-up
+    weight_decay: float = 0.01
+    warmup: float = 0.05  # share of all steps spent warming up linearly; cosine decay to 0 afterwards
+    clip_grad: float = 1.0  # max gradient norm (0 = off)
+    rank_weight: float = 1.0  # pairwise logistic ranking loss beside BCE (0 = off)
+    patience: int = 0  # stop after this many epochs without a better val τ (0 = run all epochs)
+    train_chunks: int = 64  # chunks per part seen in a training step, sampled anew each time (0 = all)
     lir_weight: float = 1.0  # 0 turns Logit Invariance Regularization off
     lir_fraction: float = 0.25  # share of each batch that is also encoded permuted
     gap_weight: float = 1.0
@@ -48,6 +57,47 @@ class TrainOptions:
     seed: int = 0
     device: str = "cpu"
     name: str | None = None
+
+
+COLLAPSE_STD = 1e-3  # val predictions spread less than this: the model predicts a constant
+
+
+def ranking_loss(logit: torch.Tensor, target: torch.Tensor, margin: float = 0.01) -> torch.Tensor:
+    """Pairwise logistic loss over every ordered pair of the batch whose targets differ by more than `margin`."""
+    diff = target[:, None] - target[None, :]  # [b, b]
+    pairs = diff > margin  # [b, b]: i should rank above j
+    if not bool(pairs.any()):
+        return logit.sum() * 0.0
+    return F.softplus(-(logit[:, None] - logit[None, :])[pairs]).mean()
+
+
+def lr_factor(step: int, total: int, warmup: float) -> float:
+    """Linear warm-up over `warmup * total` steps, then cosine decay to 0 at `total`."""
+    w = max(1, int(warmup * total))
+    if step < w:
+        return (step + 1) / w
+    return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - w) / max(1, total - w))))
+
+
+def save_curves(history: list[dict], path: Path) -> None:
+    """Training curves (loss; val τ; val prediction spread) as a PNG beside the run."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ep = [h["epoch"] for h in history]
+    fig, ax = plt.subplots(1, 3, figsize=(12, 3.2))
+    titles = ("train loss", "val Kendall τ", "val prediction std")
+    for a, key, title in zip(ax, ("loss", "val_kendall_tau", "val_pred_std"), titles, strict=True):
+        a.plot(ep, [h.get(key, float("nan")) for h in history], marker="o")
+        a.set_title(title)
+        a.set_xlabel("epoch")
+    ax[2].axhline(COLLAPSE_STD, color="red", lw=0.8, ls="--")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
 
 
 # ------------------------------------------------------------------------------------------ training
@@ -64,46 +114,54 @@ def train(zoo_dirs: Sequence[Path], out_dir: Path, opts: TrainOptions, progress:
     val_set = load_examples(zoo_dirs, "val", cfg.chunk_size, opts.max_eval, opts.seed)
     if not train_set or not val_set:
         raise ValueError(f"zoos {zoo_dirs} have no train or no val checkpoints")
-    model = SNE(cfg).to(opts.device)
-    opt = torch.optim.Adam(model.parameters(), lr=opts.lr)
-    sched = torch.optim.lr_scheduler.MultiStepLR(opt, [int(opts.epochs * 0.6), int(opts.epochs * 0.85)], 0.3)
+    model = SNE(cfg)
+    model.fit_stats(torch.stack([ch.stats for e in train_set for layer in e.layers for _, ch in layer.parts]))
+    model.to(opts.device)
+    opt = torch.optim.AdamW(model.parameters(), lr=opts.lr, weight_decay=opts.weight_decay)
     resume_dir = out_dir / "resume"
     info = load_resume(resume_dir, model, opt) or {"epoch": 0, "best_tau": -2.0, "history": []}
-    with warnings.catch_warnings():  # replaying the schedule of finished epochs, before any optimizer step
-        warnings.simplefilter("ignore", UserWarning)
-        for _ in range(info["epoch"]):
-            sched.step()
     best = load_file(resume_dir / "best.safetensors") if (resume_dir / "best.safetensors").exists() else None
     gen = torch.Generator().manual_seed(opts.seed)
     y = torch.tensor([e.acc for e in train_set])
     g = torch.tensor([e.gap for e in train_set])
     steps = -(-len(train_set) // opts.batch_size)
+    val_true = np.array([e.acc for e in val_set])
     with Progress(disable=not progress, transient=False) as bar:
         task = bar.add_task("train", total=opts.epochs * steps, completed=info["epoch"] * steps)
         for epoch in range(info["epoch"], opts.epochs):
+            if opts.patience and epoch - info.get("best_epoch", epoch) >= opts.patience:
+                bar.console.print(f"early stop: no better val τ for {opts.patience} epochs")
+                break
             model.train()
             order = torch.randperm(len(train_set), generator=gen).tolist()
             losses = []
             for s in range(steps):
                 idx = order[s * opts.batch_size : (s + 1) * opts.batch_size]
                 batch = [train_set[i] for i in idx]
-                out = model(pack([e.layers for e in batch]).to(opts.device))
-                loss = F.binary_cross_entropy_with_logits(out.logit, y[idx].to(opts.device))
+                out = model(pack([sample_chunks(e.layers, opts.train_chunks, gen) for e in batch]).to(opts.device))
+                target = y[idx].to(opts.device)
+                loss = F.binary_cross_entropy_with_logits(out.logit, target)
+                if opts.rank_weight > 0:
+                    loss = loss + opts.rank_weight * ranking_loss(out.logit, target)
                 loss = loss + opts.gap_weight * F.mse_loss(out.gap, g[idx].to(opts.device))
                 n_lir = round(len(batch) * opts.lir_fraction)
                 if opts.lir_weight > 0 and n_lir > 0:
-                    loss = loss + opts.lir_weight * lir_penalty(model, batch[:n_lir], out.logit[:n_lir], gen)
+                    loss = loss + opts.lir_weight * lir_penalty(model, batch[:n_lir], out.logit[:n_lir], gen, opts.train_chunks)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 if opts.clip_grad > 0:
                     torch.nn.utils.clip_grad_norm_(model.parameters(), opts.clip_grad)
+                for group in opt.param_groups:
+                    group["lr"] = opts.lr * lr_factor(epoch * steps + s, opts.epochs * steps, opts.warmup)
                 opt.step()
                 losses.append(loss.item())
                 bar.update(task, advance=1, description=f"epoch {epoch + 1}/{opts.epochs} loss {np.mean(losses):.4f}")
-            sched.step()
             val = predict_examples(model, val_set)
-            tau = kendall_tau(val["acc"], np.array([e.acc for e in val_set]))
-            info["history"].append({"epoch": epoch + 1, "loss": float(np.mean(losses)), "val_kendall_tau": tau})
+            tau = kendall_tau(val["acc"], val_true)
+            spread = float(np.std(val["acc"]))
+            info["history"].append(
+                {"epoch": epoch + 1, "loss": float(np.mean(losses)), "val_kendall_tau": tau, "val_pred_std": spread}
+            )
             if tau > info["best_tau"]:
                 info["best_tau"], info["best_epoch"] = tau, epoch + 1
                 best = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
@@ -111,7 +169,11 @@ def train(zoo_dirs: Sequence[Path], out_dir: Path, opts: TrainOptions, progress:
                 save_file(best, resume_dir / "best.safetensors")
             info["epoch"] = epoch + 1
             save_resume(resume_dir, model, opt, info)
-            bar.console.print(f"epoch {epoch + 1}: loss {np.mean(losses):.4f}  val τ {tau:.4f}")
+            collapsed = "  COLLAPSED to a constant" if spread < COLLAPSE_STD else ""
+            bar.console.print(
+                f"epoch {epoch + 1}: loss {np.mean(losses):.4f}  val τ {tau:.4f}  val pred std {spread:.4f}{collapsed}"
+            )
+            save_curves(info["history"], out_dir / "training_curves.png")
     if best is None:
         raise ValueError(f"no epoch was trained (epochs={opts.epochs}): nothing to select a model from")
     model.load_state_dict(best)
