@@ -62,7 +62,7 @@ def pack_encoding(enc: Encoding) -> bytes:
         "flag": r.ood_flag,
         "emb": int(emb.shape[0]),
         "lemb": list(lemb.shape),
-        "layers": [[row.name, row.type, row.level, row.shape, row.parameters, row.chunks] for row in enc.layers],
+        "layers": [[r.name, r.type, r.level, r.shape, r.parameters, r.chunks, r.chunks_sampled] for r in enc.layers],
         "skipped": enc.skipped,
     }
     raw = json.dumps(header, separators=(",", ":")).encode()
@@ -98,7 +98,7 @@ def unpack_encoding(data: bytes) -> Encoding:
         return Encoding(
             sha256=str(h["sha"]),
             prediction=prediction,
-            layers=[LayerRow(a, b, c, list(d), p, q) for a, b, c, d, p, q in h["layers"]],
+            layers=[LayerRow(a, b, c, list(d), p, q, s) for a, b, c, d, p, q, s in h["layers"]],
             skipped=list(h.get("skipped", [])),
             cached=True,
         )

@@ -28,7 +28,7 @@ def parse_file(source: Path | bytes, predictor: Predictor, settings: Settings | 
     """Parse one checkpoint under the service's limits; raises `CheckpointError` exactly as the service would."""
     settings = settings or Settings()
     sha = hashlib.sha256(source).hexdigest() if isinstance(source, bytes) else file_sha256(source)
-    return parse_upload(source, sha, predictor, settings.max_layer_chunks)
+    return parse_upload(source, sha, predictor, settings.limits())
 
 
 def encode_parsed(parsed: Sequence[ParsedCheckpoint], predictor: Predictor) -> list[EncodeResponse]:

@@ -1,34 +1,21 @@
-"""Turn an upload into what the worker needs: parse, guard, chunk, and describe the layers.
+"""Turn an upload into what the worker needs: admit, chunk under the budget, and describe the layers.
 
-`parse_upload` is plain blocking code (safetensors reading, float32 conversion, pad-chunking); the service
-runs it in a worker thread so the event loop keeps accepting requests. Every problem with the file is a
-`model.errors.CheckpointError` (415/422 with the parser's message), including a layer too large to encode.
+`parse_upload` is plain blocking code (header bounds, one tensor at a time from the mapped file, budgeted
+chunking: `model.chunking.chunk_file`); the service runs it in a worker thread so the event loop keeps
+accepting requests. Every problem with the file is a `model.errors.CheckpointError` (415/422 with the
+parser's message, naming the `SNE_*` setting when a limit refused it).
 """
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from model.checkpoint import load_checkpoint
-from model.chunking import ChunkedLayer, count_chunks, expected_chunks
-from model.errors import CheckpointError
+from model.admission import Limits
+from model.chunking import ChunkedLayer, LayerRow, Progress, chunk_file
 from model.predictor import Predictor
 
-
-@dataclass(frozen=True)
-class LayerRow:
-    """One row of the layer table in the response."""
-
-    name: str
-    type: str
-    level: int
-    shape: list[int]
-    parameters: int
-    chunks: int
-
-    def as_dict(self) -> dict:
-        return asdict(self)
+__all__ = ["LayerRow", "ParsedCheckpoint", "parse_upload"]
 
 
 @dataclass
@@ -37,35 +24,15 @@ class ParsedCheckpoint:
     chunked: list[ChunkedLayer]
     layers: list[LayerRow]
     skipped: list[dict] = field(default_factory=list)
-    n_chunks: int = 0
+    n_chunks: int = 0  # chunks the encoder will see (after budget sampling)
     parse_ms: float = 0.0
 
 
-def _too_many_chunks(name: str, n: int, limit: int) -> CheckpointError:
-    return CheckpointError(
-        "layer_too_large",
-        f"layer {name!r} has {n} chunks, more than the limit of {limit} (SNE_MAX_LAYER_CHUNKS): set attention is "
-        "quadratic in a layer's chunk count, so this layer cannot be encoded by this service",
-    )
-
-
-def parse_upload(source: bytes | Path, sha256: str, predictor: Predictor, max_layer_chunks: int) -> ParsedCheckpoint:
-    """Parse and chunk one checkpoint; raise `CheckpointError` for anything the service must refuse."""
+def parse_upload(
+    source: bytes | Path, sha256: str, predictor: Predictor, limits: Limits, progress: Progress | None = None
+) -> ParsedCheckpoint:
+    """Admit and chunk one checkpoint with the predictor's chunk size; samples are seeded by `sha256`."""
     t0 = time.perf_counter()
-    ckpt = load_checkpoint(source)
-    c = predictor.config.chunk_size
-    for layer in ckpt.layers:  # refuse before spending time and memory on chunking
-        n = expected_chunks(layer, c)
-        if n > max_layer_chunks:
-            raise _too_many_chunks(layer.name, n, max_layer_chunks)
-    chunked = predictor.chunk(ckpt)
-    rows = []
-    total = 0
-    for layer, cl in zip(ckpt.layers, chunked):
-        n = count_chunks([cl])
-        if n > max_layer_chunks:  # authoritative count, should chunking ever differ from the estimate
-            raise _too_many_chunks(layer.name, n, max_layer_chunks)
-        total += n
-        rows.append(LayerRow(layer.name, layer.kind.value, layer.level, layer.shape, layer.n_params, n))
-    skipped = [{"name": s.name, "dtype": s.dtype, "shape": s.shape, "reason": s.reason} for s in ckpt.skipped]
-    return ParsedCheckpoint(sha256, chunked, rows, skipped, total, (time.perf_counter() - t0) * 1000)
+    ck = chunk_file(source, predictor.config.chunk_size, limits, sha256, progress)
+    skipped = [{"name": s.name, "dtype": s.dtype, "shape": s.shape, "reason": s.reason} for s in ck.skipped]
+    return ParsedCheckpoint(sha256, ck.layers, ck.rows, skipped, ck.n_chunks, (time.perf_counter() - t0) * 1000)

@@ -45,7 +45,11 @@ class LayerInfo(BaseModel):
     level: int = Field(description="Depth position of the layer (0 = first).")
     shape: list[int] = Field(examples=[[16, 1, 3, 3]])
     parameters: int = Field(description="Weights + bias of this layer.")
-    chunks: int = Field(description="Chunks the encoder saw for this layer.")
+    chunks: int = Field(description="Chunks of the whole layer (weight and bias, chunk size from the predictor).")
+    chunks_sampled: int = Field(
+        description="Chunks the encoder saw: all of them, or a stratified sample seeded by the file's sha256 when the "
+        "layer is over SNE_LAYER_CHUNK_BUDGET or the checkpoint over SNE_CHECKPOINT_CHUNK_BUDGET."
+    )
 
 
 class SkippedTensor(BaseModel):
@@ -95,8 +99,8 @@ class EncodeResponse(BaseModel):
                     "interval": {"low": 0.874, "high": 0.950, "coverage": 0.9},
                     "ood": {"score": 0.41, "flag": False, "threshold": 1.25},
                     "layers": [
-                        {"name": "0", "type": "conv2d", "level": 0, "shape": [16, 1, 3, 3], "parameters": 160, "chunks": 17},
-                        {"name": "7", "type": "linear", "level": 3, "shape": [10, 16], "parameters": 170, "chunks": 11},
+                        {"name": "0", "type": "conv2d", "level": 0, "shape": [16, 1, 3, 3], "parameters": 160, "chunks": 17, "chunks_sampled": 17},
+                        {"name": "7", "type": "linear", "level": 3, "shape": [10, 16], "parameters": 170, "chunks": 11, "chunks_sampled": 11},
                     ],
                     "skipped": [],
                     "cached": False,

@@ -34,6 +34,7 @@ class EncodeService:
         self.cache = cache
         self.settings = settings
         self._parse_limiter = anyio.CapacityLimiter(settings.parse_workers)
+        self._limits = settings.limits()
         self._inflight: dict[str, asyncio.Task] = {}
         self._closing = False
 
@@ -95,7 +96,7 @@ class EncodeService:
                 upload.source,
                 upload.sha256,
                 self.predictor,
-                self.settings.max_layer_chunks,
+                self._limits,
                 limiter=self._parse_limiter,
             )
         except CheckpointError as e:

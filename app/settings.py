@@ -9,6 +9,10 @@ from typing import Annotated, Literal
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from model.admission import Limits
+
+_LIMITS = Limits()  # the library's defaults are the service's defaults
+
 
 class Settings(BaseSettings):
     """Service settings; `SNE_<FIELD>` in the environment overrides each default."""
@@ -48,8 +52,29 @@ class Settings(BaseSettings):
     redis_retry_seconds: float = Field(
         5.0, ge=0, description="After a Redis failure, skip Redis this long before trying again (doubles per failure, max 60 s)."
     )
-    max_layer_chunks: int = Field(
-        65_536, ge=1, description="Most chunks one layer may have (422 above): set attention is quadratic in it."
+    # ---- checkpoint limits: bounded from the header before any work scales with them (model.admission.Limits)
+    max_header_bytes: int = Field(_LIMITS.max_header_bytes, ge=2, description="Largest safetensors JSON header (422 above).")
+    max_metadata_entries: int = Field(
+        _LIMITS.max_metadata_entries, ge=0, description="Most `__metadata__` entries in a header (422 above)."
+    )
+    max_metadata_bytes: int = Field(
+        _LIMITS.max_metadata_bytes, ge=0, description="Most characters of `__metadata__` keys and values (422 above)."
+    )
+    max_tensors: int = Field(_LIMITS.max_tensors, ge=1, description="Most tensors in one checkpoint (422 above).")
+    max_tensor_dims: int = Field(
+        _LIMITS.max_ndim, ge=1, le=64, description="Most dimensions of one tensor (422 above), checked before its sizes."
+    )
+    max_dim_size: int = Field(
+        _LIMITS.max_dim, ge=1, description="Largest size of one tensor dimension (422 above), checked before any product."
+    )
+    max_params: int = Field(_LIMITS.max_params, ge=1, description="Most values in all tensors of a checkpoint (422 above).")
+    layer_chunk_budget: int = Field(
+        _LIMITS.layer_chunk_budget, ge=1,
+        description="Chunks encoded per layer; a larger layer is sampled (stratified, seeded by the content hash).",
+    )
+    checkpoint_chunk_budget: int = Field(
+        _LIMITS.checkpoint_chunk_budget, ge=1,
+        description="Chunks encoded per checkpoint, shared over its layers (small ones keep all); more are sampled.",
     )
     max_batch_files: int = Field(64, ge=1, description="Most files in one `POST /v1/encode/batch` request.")
     parse_workers: int = Field(
@@ -67,6 +92,15 @@ class Settings(BaseSettings):
     torch_threads: int | None = Field(
         None, ge=1, description="torch intra-op threads of the encoder (torch's default when unset)."
     )
+
+    def limits(self) -> Limits:
+        """The checkpoint limits and chunk budgets, shared by the service and the CLI (`model.admission`)."""
+        return Limits(
+            max_header_bytes=self.max_header_bytes, max_metadata_entries=self.max_metadata_entries,
+            max_metadata_bytes=self.max_metadata_bytes, max_tensors=self.max_tensors, max_ndim=self.max_tensor_dims,
+            max_dim=self.max_dim_size, max_params=self.max_params, layer_chunk_budget=self.layer_chunk_budget,
+            checkpoint_chunk_budget=self.checkpoint_chunk_budget,
+        )
 
     @field_validator("api_keys", mode="before")
     @classmethod

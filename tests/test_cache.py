@@ -41,8 +41,8 @@ def sample_result(seed: int = 0, gap: float | None = 0.02) -> Encoding:
         sha256=f"{seed:064x}",
         prediction=prediction,
         times=StageTimes(1.0, 2.0, 3.0, 4),
-        layers=[LayerRow("features.0", "conv2d", 0, [16, 1, 3, 3], 160, 17), LayerRow("fc", "linear", 1, [10, 16], 170, 11),
-                LayerRow("bn", "norm", 2, [16], 32, 2)],
+        layers=[LayerRow("features.0", "conv2d", 0, [16, 1, 3, 3], 160, 17, 17), LayerRow("fc", "linear", 1, [10, 16], 170, 11, 4),
+                LayerRow("bn", "norm", 2, [16], 32, 2, 2)],
         skipped=[{"name": "bn.num_batches_tracked", "dtype": "I64", "shape": [], "reason": "integer tensor"}],
     )
 

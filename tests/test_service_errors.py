@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import math
 import pickle
 import random
 import struct
@@ -79,26 +80,48 @@ async def test_bad_checkpoints(client, name):
     assert metric_value("sne_parse_failures_total", reason=reason) == before + 2
 
 
-async def test_extreme_weights_are_422_and_spare_their_batch(svc_predictor_dir, svc_predictor):
+async def test_extreme_weights_encode_at_unit_scale_beside_their_batch(svc_predictor_dir, svc_predictor):
+    """1e30 weights used to overflow the encoder (422 non_finite_output); values now arrive divided by their
+    part's std, with the scale in the log-statistics, so they encode like any other checkpoint."""
     extreme = save({"0.weight": torch.full((4, 8), 1e30), "0.bias": torch.full((4,), -1e30)})
     good = ckpt_bytes("mlp", unique_seed())
     async with running_app(settings_for(svc_predictor_dir, max_wait_ms=200)) as client:
         bad_r, good_r = await asyncio.gather(client.post("/v1/encode", content=extreme), client.post("/v1/encode", content=good))
         assert client.app.state.worker.batches == 1  # same forward
-    assert bad_r.status_code == 422 and bad_r.json()["error"]["reason"] == "non_finite_output"
+    assert bad_r.status_code == 200, bad_r.text
+    assert all(math.isfinite(x) for x in bad_r.json()["embedding"])
     assert good_r.status_code == 200
     (want,) = svc_predictor.predict([load_checkpoint(good)])
     assert good_r.json()["embedding"] == pytest.approx(want.embedding, abs=1e-5)
 
 
-async def test_layer_chunk_guard(svc_predictor_dir):
-    async with running_app(settings_for(svc_predictor_dir, max_layer_chunks=100)) as client:
-        r = await client.post("/v1/encode", content=ckpt_bytes("cnn", 2))  # its 16x16x3x3 convs have 257 chunks
+async def test_chunk_budget_samples_and_says_so(svc_predictor_dir):
+    """Over SNE_LAYER_CHUNK_BUDGET a layer is encoded from a sample (same file, same sample); the response says so."""
+    async with running_app(settings_for(svc_predictor_dir, layer_chunk_budget=100)) as client:
+        blob = ckpt_bytes("cnn", 2)
+        r = await client.post("/v1/encode", content=blob)  # its 16x16x3x3 convs have 257 chunks (kernels + bias)
+        assert r.status_code == 200, r.text
+        rows = {row["name"]: row for row in r.json()["layers"]}
+        assert rows["2"]["chunks"] == 257 and rows["2"]["chunks_sampled"] == 100
+        assert all(row["chunks_sampled"] == min(row["chunks"], 100) for row in rows.values())
+    async with running_app(settings_for(svc_predictor_dir, layer_chunk_budget=100)) as client:  # fresh cache
+        again = await client.post("/v1/encode", content=blob)
+        assert again.json()["cached"] is False and again.json()["embedding"] == r.json()["embedding"]
+
+
+async def test_header_limits_refuse_before_work_and_name_the_setting(svc_predictor_dir):
+    async with running_app(settings_for(svc_predictor_dir, max_tensors=3, max_params=1000)) as client:
+        r = await client.post("/v1/encode", content=ckpt_bytes("cnn", 2))
         assert r.status_code == 422
         err = r.json()["error"]
-        assert err["reason"] == "layer_too_large"
-        assert "'2' has 257 chunks" in err["message"] and "SNE_MAX_LAYER_CHUNKS" in err["message"]
-        assert (await client.post("/v1/encode", content=ckpt_bytes("mlp", 2))).status_code == 200  # 8 chunks max
+        assert err["reason"] == "too_many_tensors" and "SNE_MAX_TENSORS" in err["message"]
+        big = save({"w": torch.zeros(2000)})
+        r = await client.post("/v1/encode", content=big)
+        assert r.status_code == 422 and r.json()["error"]["reason"] == "too_many_params"
+        assert "SNE_MAX_PARAMS" in r.json()["error"]["message"]
+        dims = with_header(b'{"w": {"dtype": "F32", "shape": [' + b", ".join([b"1"] * 100_000) + b'], "data_offsets": [0, 4]}}', bytes(4))
+        r = await client.post("/v1/encode", content=dims)
+        assert r.status_code == 422 and r.json()["error"]["reason"] == "too_many_dims"
 
 
 async def test_multipart_problems(client):

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from app.parsing import parse_upload
+from model.admission import Limits
 from app.worker import BatchWorker
 from model.checkpoint import load_checkpoint
 from tests.conftest import (
@@ -75,7 +76,7 @@ async def test_batch_size_one(svc_predictor_dir):
 async def test_chunk_budget_splits_batches(svc_predictor):
     """CNNs of 542 chunks under a 1200-chunk budget: at most two per forward, and a bigger one runs alone."""
     blobs = [ckpt_bytes("cnn", unique_seed()) for _ in range(5)]
-    parsed = [parse_upload(b, str(i), svc_predictor, 65536) for i, b in enumerate(blobs)]
+    parsed = [parse_upload(b, str(i), svc_predictor, Limits()) for i, b in enumerate(blobs)]
     assert {p.n_chunks for p in parsed} == {542}
     worker = BatchWorker(svc_predictor, max_batch_size=32, max_batch_chunks=1200, max_wait_ms=50)
     sizes = []
@@ -138,7 +139,7 @@ async def test_stop_timeout_answers_everything(svc_predictor):
     from app.errors import APIError
 
     blobs = [ckpt_bytes("mlp", unique_seed()) for _ in range(3)]
-    parsed = [parse_upload(b, str(i), svc_predictor, 65536) for i, b in enumerate(blobs)]
+    parsed = [parse_upload(b, str(i), svc_predictor, Limits()) for i, b in enumerate(blobs)]
     worker = BatchWorker(svc_predictor, max_batch_size=64, max_wait_ms=5000)
     await worker.start()
     tasks = [asyncio.create_task(worker.submit(p)) for p in parsed]
