@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from app.parsing import parse_upload
-from model.admission import Limits
 from app.worker import BatchWorker
+from model.admission import Limits
 from model.checkpoint import load_checkpoint
 from tests.conftest import (
     ckpt_bytes,
