@@ -57,7 +57,11 @@ def test_inspect_json_matches_the_parser(arch1):
     report, ckpt = json.loads(res.stdout), load_checkpoint(arch1)
     assert report["parameters"] == ckpt.n_params == sum(r["parameters"] for r in report["layers"])
     assert [r["name"] for r in report["layers"]] == [layer.name for layer in ckpt.layers]
-    assert all(r["chunks"] >= 1 for r in report["layers"])
+    assert all(r["chunks"] == r["chunks_sampled"] >= 1 for r in report["layers"])  # under the budget: all kept
+    assert report["chunk_size"] == 16 and report["connected"] == {"pairs": 3, "connected": 3}
+    assert sum(r["chunks"] for r in report["layers"]) == 16 + 256 + 256 + 10 + 4
+    default = json.loads(sne("inspect", arch1, "--json").stdout)  # the predictor's chunk size, as the service
+    assert default["chunk_size"] == Predictor.load(None).config.chunk_size
     table = sne("inspect", arch1)
     assert table.exit_code == 0 and f"({ckpt.n_params:,}" in table.stdout
     assert all(f"│ {layer.n_params:>10,} │" in table.stdout for layer in ckpt.layers), table.stdout
