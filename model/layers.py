@@ -13,7 +13,7 @@ import math
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from enum import Enum
+from enum import StrEnum
 
 FLOAT_DTYPES = {"F16": 2, "BF16": 2, "F32": 4, "F64": 8}
 INT_DTYPES = {"BOOL": 1, "U8": 1, "I8": 1, "I16": 2, "U16": 2, "I32": 4, "U32": 4, "I64": 8, "U64": 8}
@@ -21,7 +21,7 @@ INT_DTYPES = {"BOOL": 1, "U8": 1, "I8": 1, "I16": 2, "U16": 2, "I32": 4, "U32": 
 RUNNING_STATS = ("running_mean", "running_var")
 
 
-class LayerKind(str, Enum):
+class LayerKind(StrEnum):
     LINEAR = "linear"
     CONV1D = "conv1d"
     CONV2D = "conv2d"

@@ -118,7 +118,7 @@ def test_under_budget_equals_plain_chunking_divided_by_std(tmp_path):
     legacy = chunk_checkpoint(checkpoint_from_tensors(state), 16)
     assert [l.name for l in a.layers] == ["conv", "fc"] and a.n_chunks == a.total_chunks == 512 + 2 + 188 + 1
     for x, y, z, w in zip(a.layers, b.layers, c.layers, legacy):
-        for (ra, ca), (_, cb), (_, cc), (_, cw) in zip(x.parts, y.parts, z.parts, w.parts):
+        for (_, ca), (_, cb), (_, cc), (_, cw) in zip(x.parts, y.parts, z.parts, w.parts):
             assert torch.equal(ca.values, cb.values) and torch.equal(ca.values, cc.values) and torch.equal(ca.values, cw.values)
             assert torch.equal(ca.stats, cc.stats) and ca.total == ca.values.shape[0]
     conv = state["conv.weight"].double()
