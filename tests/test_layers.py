@@ -220,3 +220,14 @@ def test_natural_key_and_order_is_a_permutation():
     assert sorted(["b.10.a", "b.2.a", "b.1.a"], key=natural_key) == ["b.1.a", "b.2.a", "b.10.a"]
     names = list(resnet18())
     assert sorted(depth_order(names)) == sorted(names)
+
+
+@pytest.mark.parametrize("arch", ["arch1", "arch2"])
+def test_our_zoo_archs_in_depth_order(arch):
+    """The zoo's own networks: features in order, the classifier last (it used to sort to level 0)."""
+    from model.zoo import archs
+
+    state = archs.build_arch(arch).state_dict()
+    names = _modules({k: tuple(v.shape) for k, v in state.items() if v.is_floating_point()})
+    want = [spec.weight.rsplit(".", 1)[0] for spec in archs.get_spec(arch).layers]
+    assert names == want and names[-1].startswith("classifier")
