@@ -47,6 +47,9 @@ class SNEOutput:
 class SNE(nn.Module):
     """Encoder + predictor heads; one forward encodes a whole packed batch of mixed architectures."""
 
+    stats_shift: torch.Tensor  # [N_STATS] buffers, set by fit_stats
+    stats_scale: torch.Tensor
+
     def __init__(self, cfg: SNEConfig) -> None:
         super().__init__()
         self.cfg = cfg
