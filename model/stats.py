@@ -17,9 +17,13 @@ from collections.abc import Iterator
 
 import torch
 
-BLOCK_ELEMS = 1 << 20  # values converted to float32 at a time (4 MB; smaller blocks multiply OpenMP
-# fork/joins: on a loaded 2-core machine 256 K blocks with 2 threads took 54 s where 1 M took 9 s, 1 thread 2.7 s)
-SAMPLE = 1 << 16  # values the quantiles are taken from (sorting 1M would cost 0.2 s per part)
+# Values converted to float32 at a time: ATen's grain size, so elementwise ops and reductions run on the
+# calling thread (no OpenMP fork/join per op; with 2 intra-op threads on a loaded 2-core machine 1 M blocks
+# made a 200 MB file take 18 s instead of 2) and the block stays in cache. Dot products are sums of products,
+# not BLAS `dot`, which threads (and stalls) at any size.
+BLOCK_ELEMS = 1 << 15
+SAMPLE = 1 << 15  # values the quantiles are taken from (sorting 1M would cost 0.2 s per part; 32 K
+# is the grain size too: q01 within ~0.02 std)
 POWER_ITERS = 4
 QUANTILES = (0.01, 0.05, 0.25, 0.5, 0.75, 0.95, 0.99)
 _TINY = 1e-12
@@ -129,14 +133,14 @@ def stats_and_scale(
             y = blk.to(wd, copy=True).mul_(1.0 / scale)  # [r, k] a private copy: the source may be a read-only mmap
             if matrix:
                 u = y @ v  # [r]
-                wv2 += float(torch.dot(u, u))
+                wv2 += float((u * u).sum())
                 acc += y.T @ u  # [k]
             if it == 0:
                 sums[4] += float(y.abs().sum())
                 z = y.sub_(shift / scale).reshape(-1)  # [r*k] shifted so the moments do not cancel
                 lo, hi = min(lo, float(z.amin())), max(hi, float(z.amax()))
                 z2 = z * z
-                p = (float(z.sum()), float(z2.sum()), float(torch.dot(z2, z)), float(torch.dot(z2, z2)))
+                p = (float(z.sum()), float(z2.sum()), float((z2 * z).sum()), float((z2 * z2).sum()))
                 if not all(math.isfinite(x) for x in p):  # float32 overflow of z^4: redo this block in float64
                     zd = z.double()
                     p = (float(zd.sum()), float(zd.square().sum()), float(zd.pow(3).sum()), float(zd.pow(4).sum()))
