@@ -6,6 +6,7 @@ import hashlib
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from app.encoding import Encoding, StageTimes
 from app.parsing import ParsedCheckpoint, parse_upload
@@ -24,11 +25,49 @@ def file_sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+class _Bar:
+    """Progress on stderr while a large checkpoint is read (a terminal only; started by the first report)."""
+
+    MIN_PARAMS = 50_000_000  # ~1 s of statistics per 50 M parameters on one core: below that, no bar
+
+    def __init__(self, label: str) -> None:
+        self.label = label
+        self.bar: Any = None
+        self.task: Any = None
+
+    def __call__(self, done: int, total: int) -> None:
+        if self.bar is None:
+            from rich.console import Console
+            from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+            console = Console(stderr=True)
+            if total < self.MIN_PARAMS or not console.is_terminal:
+                self.bar = False
+                return
+            self.bar = Progress(TextColumn(self.label), BarColumn(), TextColumn("{task.percentage:>3.0f}% of parameters"),
+                                TimeElapsedColumn(), console=console, transient=True)
+            self.bar.start()
+            self.task = self.bar.add_task(self.label, total=total)
+        if self.bar:
+            self.bar.update(self.task, completed=done)
+
+    def close(self) -> None:
+        if self.bar:
+            self.bar.stop()
+
+
 def parse_file(source: Path | bytes, predictor: Predictor, settings: Settings | None = None) -> ParsedCheckpoint:
-    """Parse one checkpoint under the service's limits; raises `CheckpointError` exactly as the service would."""
+    """Parse one checkpoint under the service's limits; raises `CheckpointError` exactly as the service would.
+
+    A large file shows a progress bar on the terminal while its tensors are read.
+    """
     settings = settings or Settings()
     sha = hashlib.sha256(source).hexdigest() if isinstance(source, bytes) else file_sha256(source)
-    return parse_upload(source, sha, predictor, settings.limits())
+    bar = _Bar(f"reading {source}" if isinstance(source, Path) else "reading checkpoint")
+    try:
+        return parse_upload(source, sha, predictor, settings.limits(), bar)
+    finally:
+        bar.close()
 
 
 def encode_parsed(parsed: Sequence[ParsedCheckpoint], predictor: Predictor) -> list[EncodeResponse]:
