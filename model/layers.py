@@ -3,8 +3,8 @@
 Works on names, dtypes and shapes alone, so the service can plan an upload from its header before reading
 any tensor. The level a layer gets is its position in execution order, following the common conventions:
 stems and embeddings, then numbered blocks in numeric order (each block in its canonical order, norms next to
-the sub-layer they belong to), then the final norm, then heads. A wrong order costs transfer (measured on a
-held-out zoo: tau 0.19 with name order, 0.56 with depth order).
+the sub-layer they belong to), then the final norm, then heads. A wrong order costs transfer (issue 12: on a
+held-out zoo one statistics model ranked tau 0.19 with name order, 0.56 with depth order).
 """
 from __future__ import annotations
 
