@@ -26,7 +26,9 @@ class Limits(BaseModel):
     max_header_bytes: int = Field(default=4 * 2**20, ge=2, description="JSON header size (SNE_MAX_HEADER_BYTES)")
     max_metadata_entries: int = Field(default=1024, ge=0, description="__metadata__ keys (SNE_MAX_METADATA_ENTRIES)")
     max_metadata_bytes: int = Field(default=2**20, ge=0, description="__metadata__ keys+values (SNE_MAX_METADATA_BYTES)")
-    max_tensors: int = Field(default=16384, ge=1, description="tensors per checkpoint (SNE_MAX_TENSORS)")
+    max_tensors: int = Field(
+        default=4096, ge=1, description="tensors per checkpoint (SNE_MAX_TENSORS): ~0.5 ms of statistics each"
+    )
     max_ndim: int = Field(default=8, ge=1, le=64, description="dimensions per tensor (SNE_MAX_TENSOR_DIMS)")
     max_dim: int = Field(default=2**40, ge=1, description="largest size of one dimension (SNE_MAX_DIM_SIZE)")
     max_params: int = Field(default=2**31, ge=1, description="values in all tensors together (SNE_MAX_PARAMS)")
