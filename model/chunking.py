@@ -165,7 +165,7 @@ def _chunk_planned(
     plan: Admission, get: Callable[[TensorRef], torch.Tensor], header: Header, seed: bytes | str,
     release: Callable[[TensorRef], None] = lambda ref: None, progress: Progress | None = None,
 ) -> ChunkedCheckpoint:
-    layers, rows, done = [], [], 0
+    layers, rows, done, everything = [], [], 0, plan.n_params
     for lp in plan.layers:
         spec, parts = lp.spec, []
         for pp in lp.parts:
@@ -177,7 +177,7 @@ def _chunk_planned(
             release(ref)
             done += ref.numel
             if progress is not None:
-                progress(done, plan.n_params)
+                progress(done, everything)
             parts.append(("bias" if pp.part.role == "bias" else "weight", ch))
         layers.append(ChunkedLayer(spec.name, spec.kind, spec.level, parts))
         rows.append(LayerRow(spec.name, spec.kind.value, spec.level, spec.shape, spec.n_params, lp.total, lp.keep))
