@@ -12,6 +12,7 @@ module in a thread and owns the workers.
 """
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -121,3 +122,30 @@ def describe_failure(e: BaseException) -> str:
     if len(text) > 300:
         text = text[:297] + "..."
     return f"{type(e).__name__}: {text}" if text else type(e).__name__
+
+
+def find_local(name: str | None, settings: Settings) -> Path | None:
+    """The folder `sne gate --local --predictor NAME` loads, resolved as the service names predictors: a
+    directory path, `default` (or nothing) for the default, a folder of SNE_PREDICTORS_DIR, or a card name
+    there. None means the shipped default (or the untrained placeholder). `LookupError` lists what exists."""
+    if not name or name == DEFAULT_NAME:
+        return default_source(settings).path
+    given = Path(name).expanduser()
+    if given.is_dir():
+        return given
+    found, _ = scan(settings)
+    for src in found[1:]:
+        if src.folder == name:
+            return src.path
+    cards: dict[str, Path] = {}
+    for src in found:
+        if src.path is not None:
+            try:
+                cards.setdefault(str(json.loads((src.path / "card.json").read_text())["name"]), src.path)
+            except (OSError, ValueError, KeyError, TypeError):
+                continue
+    if name in cards:
+        return cards[name]
+    where = f"SNE_PREDICTORS_DIR={settings.predictors_dir}" if settings.predictors_dir else "SNE_PREDICTORS_DIR is unset"
+    known = sorted({DEFAULT_NAME, *(s.folder for s in found[1:]), *cards})
+    raise LookupError(f"no predictor {name!r}: not a directory, nor a predictor in {where}; known: {', '.join(known)}")
