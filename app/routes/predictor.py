@@ -7,7 +7,12 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Query
 
 from app.auth import require_api_key
-from app.schemas import BAD_QUERY, UNAUTHORIZED, UNKNOWN_PREDICTOR, PredictorCardResponse
+from app.schemas import (
+    BAD_QUERY,
+    UNAUTHORIZED,
+    UNKNOWN_PREDICTOR,
+    PredictorCardResponse,
+)
 from app.selection import PredictorHeader, RegistryDep, chosen_name
 from model.predictor import PredictorCard
 
