@@ -75,7 +75,8 @@ def default_source(settings: Settings) -> Source:
 def scan(settings: Settings) -> tuple[list[Source], list[Problem]]:
     """The default source, then one per predictor folder of `SNE_PREDICTORS_DIR`; problems for the rest."""
     default = default_source(settings)
-    sources, problems = [default], []
+    sources: list[Source] = [default]
+    problems: list[Problem] = []
     root = settings.predictors_dir
     if root is None:
         return sources, problems

@@ -25,7 +25,7 @@ import torch
 from app import predictors as sources
 from app.cache import ResultCache
 from app.errors import APIError, Reason
-from app.metrics import PREDICTOR_INFO
+from app.metrics import PREDICTOR_INFO, QUEUE_DEPTH
 from app.predictors import DEFAULT_NAME, Problem, Source
 from app.service import EncodeService
 from app.settings import Settings
@@ -234,6 +234,11 @@ class Registry:
         served.worker.drain()
         await served.service.drain(timeout)
         await served.worker.stop(max(0.0, deadline - loop.time()))
+        if served.name not in self._names:  # gone for good: drop its queue-depth series
+            try:
+                QUEUE_DEPTH.remove(served.name)
+            except KeyError:
+                pass
         log.info("retired predictor %s %s", served.name, served.predictor.version)
 
     async def stop(self, timeout: float) -> None:

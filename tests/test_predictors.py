@@ -184,7 +184,7 @@ async def test_same_upload_two_predictors_two_cached_answers(backend, request, s
 async def test_metrics_carry_the_predictor(svc_predictor_dir, predictors_dir, svc_predictor):
     async with running_app(settings(svc_predictor_dir, predictors_dir)) as client:
         before = (await client.get("/metrics")).text
-        for i in range(3):
+        for _ in range(3):
             await client.post("/v1/encode?predictor=alpha", content=ckpt_bytes("mlp", unique_seed()))
         await client.post("/v1/encode?predictor=beta", content=ckpt_bytes("mlp", unique_seed()))
         text = (await client.get("/metrics")).text
