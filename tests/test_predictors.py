@@ -75,6 +75,8 @@ def settings(default_dir: Path, predictors_dir: Path | None, **kw):
 async def test_list_predictors_and_broken_folders(svc_predictor_dir, predictors_dir, svc_predictor):
     async with running_app(settings(svc_predictor_dir, predictors_dir)) as client:
         body = (await client.get("/v1/predictors")).json()
+        page = (await client.get("/")).text
+    assert f'href="/v1/predictor?name={NAMES["beta"]}"' in page  # the landing page lists the others
     assert body["default"] == svc_predictor.name
     got = {p["name"]: p for p in body["predictors"]}
     assert list(got) == [svc_predictor.name, *NAMES.values()]  # the default first
