@@ -286,7 +286,14 @@ async def test_sighup_reloads(svc_predictor_dir, tmp_path):
         os.kill(os.getpid(), signal.SIGHUP)
         await wait_until(lambda: any(s.name == NAMES["beta"] for s in registry.served))
         r = await client.post("/v1/encode?predictor=beta", content=ckpt_bytes("mlp", 2))
+        beta_worker = registry.resolve("beta").worker
+        shutil.rmtree(root / "beta")  # and removing a folder stops serving it
+        result = await registry.reload()
+        gone = await client.post("/v1/encode?predictor=beta", content=ckpt_bytes("mlp", 2))
+        await wait_until(lambda: not beta_worker.running)
     assert r.status_code == 200 and r.json()["predictor"]["name"] == NAMES["beta"]
+    assert result.removed == [NAMES["beta"]] and result.loaded == []
+    assert gone.status_code == 404
 
 
 async def test_admin_reload_needs_a_key_or_an_explicit_opt_in(svc_predictor_dir, tmp_path):
