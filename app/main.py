@@ -28,11 +28,13 @@ DESCRIPTION = """\
 Upload a neural-network checkpoint (`.safetensors`), get a fixed-size embedding of the network from SNE
 (a Set-based Neural Network Encoder) and its predicted test accuracy, with a conformal interval and an
 out-of-distribution score. Requests are batched dynamically into one encoder forward and answers are cached
-by content hash and predictor version.
+by content hash, predictor name and version. Several predictors can be served (`GET /v1/predictors`); pick
+one per request with `?predictor=NAME` or the `X-SNE-Predictor` header (the default otherwise).
 
 **Errors** all have one shape: `{"error": {"reason": "<stable code>", "message": "<what to do>"}}`.
 415 not safetensors (pickle, zip, ...), 422 malformed checkpoint, 413 too large (refused while streaming),
-401 missing/wrong `X-API-Key` (when keys are configured), 503 queue full or shutting down (`Retry-After`).
+401 missing/wrong `X-API-Key` (when keys are configured), 404 `unknown_predictor` (the message lists the
+known names), 503 queue full or shutting down (`Retry-After`).
 """
 
 
