@@ -11,8 +11,14 @@ from app.cli.common import console
 
 def zoo_command(
     out: Annotated[Path, typer.Option(help="Output directory (checkpoints/, index.csv, zoo.json).")],
-    arch: Annotated[str, typer.Option(help="Architecture: arch1 or arch2 (paper Tables 3-5).")] = "arch1",
-    dataset: Annotated[str, typer.Option(help="Dataset: digits (scikit-learn) or shapes (procedural).")] = "digits",
+    arch: Annotated[str, typer.Option(
+        help="Architecture: arch1 or arch2 (paper Tables 3-5), or a family with sampled depth/width: "
+        "mlp, resnet (BatchNorm, residual blocks) or transformer (token sequences)."
+    )] = "arch1",
+    dataset: Annotated[str | None, typer.Option(
+        help="Dataset: digits (scikit-learn) or shapes (procedural); sequences for transformer. Default: "
+        "digits, sequences for transformer."
+    )] = None,
     runs: Annotated[int, typer.Option(help="Training runs (each saves several epochs).")] = 2000,
     seed: Annotated[int, typer.Option(help="Seed for hyperparameters, initialisation and the split.")] = 0,
     group_size: Annotated[int, typer.Option(help="Models trained at once as one batched group.")] = 100,
@@ -22,7 +28,14 @@ def zoo_command(
     import torch
 
     from model.zoo import generate_zoo
+    from model.zoo.families import FAMILIES
+    from model.zoo.family_zoo import generate_family_zoo
 
     torch.set_num_threads(threads)
-    summary = generate_zoo(out, arch=arch, dataset=dataset, n_runs=runs, seed=seed, group_size=group_size)
+    if arch.lower() in FAMILIES:
+        summary = generate_family_zoo(out, arch.lower(), dataset, n_runs=runs, seed=seed, group_size=group_size)
+    else:
+        summary = generate_zoo(
+            out, arch=arch, dataset=dataset or "digits", n_runs=runs, seed=seed, group_size=group_size
+        )
     console.print(summary)
