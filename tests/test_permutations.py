@@ -5,7 +5,11 @@ import pytest
 import torch
 from torch import nn
 
-from model.training.permutations import PermutationPlan, permute_state, plan_permutations
+from model.training.permutations import (
+    PermutationPlan,
+    permute_state,
+    plan_permutations,
+)
 from model.zoo.archs import build_arch
 from tests.nets import BUILDERS, state
 

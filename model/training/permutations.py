@@ -14,6 +14,7 @@ returns the reason instead of a plan, and LIR skips that checkpoint.
 """
 from __future__ import annotations
 
+import itertools
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -120,7 +121,7 @@ def plan_permutations(state: Mapping[str, Tensor]) -> PermutationPlan | str:
     if (why := _residual_block(layers)) is not None:
         return why
     hidden = []
-    for cur, nxt in zip(layers, layers[1:]):
+    for cur, nxt in itertools.pairwise(layers):
         w, w_next = cur.tensors["weight"], nxt.tensors["weight"]
         n, n_in = w.shape[0], w_next.shape[1]
         if w.dim() == 2 and w_next.dim() > 2:
