@@ -23,7 +23,11 @@ from rich.progress import Progress
 from safetensors.torch import load_file, save_file
 
 from model.config import get_config
-from model.evaluation.metrics import conformal_quantiles, kendall_tau
+from model.evaluation.metrics import (
+    conformal_quantiles,
+    kendall_tau,
+    normalized_conformal,
+)
 from model.packing import pack
 from model.predictor import OOD_K, Predictor, knn_score, weights_digest
 from model.sne import SNE
@@ -188,6 +192,10 @@ def finalize(
             "n_calibration": len(val_set),
             "accuracy": conformal_quantiles(np.abs(val["acc"] - true_acc), calibratable(len(val_set))),
             "gap": conformal_quantiles(np.abs(val["gap"] - true_gap), calibratable(len(val_set))) if has_gap else {},
+            "normalized": normalized_conformal(  # sharper intervals at the same coverage (issue 9)
+                reference.numpy(), tr["acc"] - np.array([e.acc for e in train_set[:2000]]),
+                val["emb"].numpy(), val["acc"] - true_acc, calibratable(len(val_set)),
+            ),
         },
         "ood": {"method": f"mean distance to the {OOD_K} nearest training embeddings", "k": OOD_K, "quantile": 0.99,
                 "n_reference": int(reference.shape[0]), **ood},
