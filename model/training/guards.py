@@ -21,7 +21,6 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from model.evaluation.baselines import fit_predict
 from model.evaluation.metrics import DEFAULT_ALPHAS, kendall_tau
 
 ResumeMode = Literal["check", "keep", "restart"]
@@ -99,6 +98,8 @@ def quality_report(
     val_states: Sequence[dict[str, torch.Tensor]], seed: int = 0,
 ) -> dict[str, Any]:
     """SNE's val τ against the pooled-statistics GBM trained on the same train split, with warnings."""
+    from model.evaluation.baselines import fit_predict  # here: model.evaluation imports model.training
+
     baseline = fit_predict("pooled", train_states, train_y, val_states, seed=seed)
     tau_sne, tau_base = kendall_tau(sne_val, true_val), kendall_tau(baseline, true_val)
     warnings = []
