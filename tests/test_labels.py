@@ -6,7 +6,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from model.labels import LABELS_FILE, LabelError, assign_splits, read_labels, write_labels, write_zoo_labels
+from model.labels import (
+    LABELS_FILE,
+    LabelError,
+    assign_splits,
+    read_labels,
+    write_labels,
+    write_zoo_labels,
+)
 from model.training import load_split
 from tests.nets import checkpoint_file
 

@@ -21,8 +21,8 @@ from model.evaluation.baselines import BASELINES, baseline_predictions
 from model.evaluation.metrics import coverage, interval, kendall_tau
 from model.evaluation.report import make_plots, markdown
 from model.predictor import DEFAULT_LEVEL, Predictor
-from model.training import Example, invariance_error, load_examples, predict_examples
-from model.training.examples import OnBad
+from model.training.examples import Example, OnBad, load_examples, predict_examples
+from model.training.lir import invariance_error
 
 METHODS = ("sne", *BASELINES)
 KINDS = ("in_distribution", "cross_dataset", "cross_arch")

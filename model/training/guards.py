@@ -98,7 +98,9 @@ def quality_report(
     val_states: Sequence[dict[str, torch.Tensor]], seed: int = 0,
 ) -> dict[str, Any]:
     """SNE's val τ against the pooled-statistics GBM trained on the same train split, with warnings."""
-    from model.evaluation.baselines import fit_predict  # here: model.evaluation imports model.training
+    from model.evaluation.baselines import (
+        fit_predict,  # here: model.evaluation imports model.training
+    )
 
     baseline = fit_predict("pooled", train_states, train_y, val_states, seed=seed)
     tau_sne, tau_base = kendall_tau(sne_val, true_val), kendall_tau(baseline, true_val)
