@@ -7,13 +7,13 @@ from typing import Annotated
 
 import typer
 
-from app.cli.common import console, err, fail
+from app.cli.common import console, err, existing_dir, fail
 
 
 def encode_command(
     files: Annotated[list[Path], typer.Argument(help="One or more .safetensors checkpoints.")],
     predictor: Annotated[Path | None, typer.Option(
-        envvar="SNE_PREDICTOR_PATH", help="Predictor directory (default: the shipped one).",
+        callback=existing_dir, envvar="SNE_PREDICTOR_PATH", help="Predictor directory (default: the shipped one).",
     )] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON (with embeddings) instead of a table.")] = False,
 ) -> None:
