@@ -20,7 +20,7 @@ from numpy.typing import ArrayLike
 from scipy.stats import kendalltau as _scipy_kendalltau
 
 __all__ = [
-    "Difficulty", "bootstrap_tau", "conformal_quantile", "conformal_quantiles", "coverage", "interval",
+    "Difficulty", "bootstrap_tau", "bootstrap_taus", "conformal_quantile", "conformal_quantiles", "coverage", "interval",
     "kendall_tau", "mean_width", "normalized_conformal", "normalized_interval",
 ]
 
@@ -97,28 +97,35 @@ def mean_width(low: ArrayLike, high: ArrayLike) -> float:
     return float(np.mean(np.asarray(high, dtype=np.float64) - np.asarray(low, dtype=np.float64)))
 
 
-def bootstrap_tau(
-    pred: ArrayLike, true: ArrayLike, groups: Sequence[object], n_boot: int = 1000, level: float = 0.95, seed: int = 0
-) -> tuple[float, float, float]:
-    """Kendall tau and its percentile bootstrap interval ``(tau, low, high)`` at ``level``.
+def bootstrap_taus(
+    pred: ArrayLike, true: ArrayLike, groups: Sequence[object], n_boot: int = 1000, seed: int = 0
+) -> np.ndarray:
+    """``n_boot`` bootstrap replicates of Kendall tau, resampling groups (training runs) with replacement.
 
-    Resamples groups (training runs) with replacement, keeping each run's checkpoints together: checkpoints
-    of one run are not independent, so resampling them one by one would make the interval too narrow.
+    Checkpoints of one run are not independent, so resampling them one by one would make intervals too
+    narrow; each replicate draws as many runs as there are and keeps each drawn run's checkpoints together.
     """
     p, t = _vector(pred, "pred"), _vector(true, "true")
     if len(groups) != p.size or p.size != t.size:
         raise ValueError(f"pred, true and groups differ in length: {p.size}, {t.size}, {len(groups)}")
-    tau = kendall_tau(p, t)
+    if p.size == 0:
+        return np.zeros(n_boot)
     _, inverse = np.unique(np.asarray([str(g) for g in groups]), return_inverse=True)
-    members = [np.flatnonzero(inverse == g) for g in range(int(inverse.max()) + 1)] if p.size else []
-    if len(members) < 2:
-        return tau, tau, tau
+    members = [np.flatnonzero(inverse == g) for g in range(int(inverse.max()) + 1)]
     rng = np.random.default_rng(seed)
     stats = np.empty(n_boot)
     for b in range(n_boot):
         idx = np.concatenate([members[g] for g in rng.integers(0, len(members), len(members))])
         stats[b] = kendall_tau(p[idx], t[idx])
-    a = (1.0 - level) / 2
+    return stats
+
+
+def bootstrap_tau(
+    pred: ArrayLike, true: ArrayLike, groups: Sequence[object], n_boot: int = 1000, level: float = 0.95, seed: int = 0
+) -> tuple[float, float, float]:
+    """Kendall tau and its percentile bootstrap interval ``(tau, low, high)`` at ``level`` (runs resampled)."""
+    stats = bootstrap_taus(pred, true, groups, n_boot, seed)
+    tau, a = kendall_tau(pred, true), (1.0 - level) / 2
     return tau, float(np.quantile(stats, a)), float(np.quantile(stats, 1.0 - a))
 
 
