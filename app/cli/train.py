@@ -83,4 +83,4 @@ def train_command(
         err.print(f"[yellow]LIR skipped {n} checkpoint(s):[/] {reason}", soft_wrap=True)
     for w in card.get("warnings", []):
         err.print(f"[bold yellow]WARNING:[/] {w}", soft_wrap=True)
-    console.print(f"saved {pred.name} {pred.version} to {out} (val τ {pred.card.metrics.val['kendall_tau']:.3f})")
+    console.print(f"saved {pred.name} {pred.version} to {out} (val τ {pred.card.metrics.val['kendall_tau']:.3f})", soft_wrap=True)
