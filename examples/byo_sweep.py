@@ -101,7 +101,7 @@ def sweep(out: Path, family: str, runs: int, seed: int) -> Path:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", type=Path, default=Path("byo"))
-    p.add_argument("--runs", type=int, default=40, help="runs per family (each saves %d checkpoints)" % len(SAVE_EPOCHS))
+    p.add_argument("--runs", type=int, default=40, help=f"runs per family (each saves {len(SAVE_EPOCHS)} checkpoints)")
     p.add_argument("--families", nargs="+", default=["mlp", "cnn"], choices=["mlp", "cnn"])
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1)
