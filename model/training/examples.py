@@ -13,6 +13,7 @@ from typing import Literal, TypedDict
 
 import numpy as np
 import torch
+from rich.progress import Progress
 
 from model.checkpoint import checkpoint_from_tensors, read_tensors
 from model.chunking import ChunkedLayer, chunk_checkpoint
@@ -58,6 +59,7 @@ def _example(lab: Label, chunk_size: int) -> Example:
 
 def load_split(
     sources: Sequence[Path], split: str, chunk_size: int, limit: int | None = None, seed: int = 0, on_bad: OnBad = "fail",
+    progress: bool = False,
 ) -> Loaded:
     """Checkpoints of one split of the given labels files / zoos, parsed and chunked once (they are small).
 
@@ -66,11 +68,12 @@ def load_split(
     if limit is not None and len(labels) > limit:
         labels = random.Random(seed).sample(labels, limit)
     out, bad = [], []
-    for lab in labels:
-        try:
-            out.append(_example(lab, chunk_size))
-        except (CheckpointError, ValueError) as e:
-            bad.append(f"{lab.path}: {e}")
+    with Progress(disable=not progress, transient=True) as bar:
+        for lab in bar.track(labels, description=f"reading the {split} checkpoints"):
+            try:
+                out.append(_example(lab, chunk_size))
+            except (CheckpointError, ValueError) as e:
+                bad.append(f"{lab.path}: {e}")
     if bad and on_bad == "fail":
         shown = "; ".join(bad[:3]) + (f"; and {len(bad) - 3} more" if len(bad) > 3 else "")
         raise LabelError(

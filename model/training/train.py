@@ -81,8 +81,8 @@ def train(
     cfg = get_config(opts.config)
     torch.manual_seed(opts.seed)
     random.seed(opts.seed)
-    tr = load_split(zoo_dirs, "train", cfg.chunk_size, opts.max_train, opts.seed, opts.on_bad_checkpoint)
-    va = load_split(zoo_dirs, "val", cfg.chunk_size, opts.max_eval, opts.seed, opts.on_bad_checkpoint)
+    tr = load_split(zoo_dirs, "train", cfg.chunk_size, opts.max_train, opts.seed, opts.on_bad_checkpoint, progress)
+    va = load_split(zoo_dirs, "val", cfg.chunk_size, opts.max_eval, opts.seed, opts.on_bad_checkpoint, progress)
     train_set, val_set = tr.examples, va.examples
     if not train_set:
         raise TrainError(f"no readable train checkpoints in {', '.join(map(str, zoo_dirs))}")
