@@ -93,7 +93,7 @@ def sweep(out: Path, family: str, runs: int, seed: int) -> Path:
         w = csv.DictWriter(f, fieldnames=list(rows[0]))
         w.writeheader()
         w.writerows(rows)
-    accs = [float(r["accuracy"]) for r in rows]
+    accs = [float(str(r["accuracy"])) for r in rows]
     print(f"{labels}: {len(rows)} checkpoints of {runs} runs, accuracy {min(accs):.2f}-{max(accs):.2f}")
     return labels
 

@@ -24,14 +24,15 @@ def encode_command(
     from model.errors import CheckpointError
     from model.predictor import Predictor
 
-    pred = Predictor.load(predictor)
-    parsed = []
-    for f in files:
-        try:
-            parsed.append(parse_file(f, pred))
-        except CheckpointError as e:
-            fail(f"{f}: {e} [{e.reason}]")
-    results = encode_parsed(parsed, pred)
+    with err.status(f"encoding {len(files)} checkpoint(s)"):  # a spinner on a terminal, nothing otherwise
+        pred = Predictor.load(predictor)
+        parsed = []
+        for f in files:
+            try:
+                parsed.append(parse_file(f, pred))
+            except CheckpointError as e:
+                fail(f"{f}: {e} [{e.reason}]")
+        results = encode_parsed(parsed, pred)
     if not pred.trained:
         err.print(f"[yellow]warning:[/] {pred.card.note or 'untrained predictor'}")
     if as_json:
