@@ -52,7 +52,8 @@ def lir_penalty(model: SNE, batch: Sequence[Example], logits: torch.Tensor, gen:
 
 @torch.no_grad()
 def invariance_error(model: SNE, examples: Sequence[Example], seed: int = 0, batch_size: int = 64) -> float:
-    """Mean |logit(permuted) - logit(original)| over examples: 0 for a perfectly invariant encoder."""
+    """Mean |logit(permuted) - logit(original)| over the permutable examples: 0 for a perfectly invariant
+    encoder, NaN when none can be permuted."""
     model.eval()
     gen = torch.Generator().manual_seed(seed)
     examples = [e for e in examples if permutable(e)]
