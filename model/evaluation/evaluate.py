@@ -20,6 +20,8 @@ from rich.progress import Progress
 from model.evaluation.baselines import BASELINES, baseline_predictions
 from model.evaluation.metrics import coverage, interval, kendall_tau
 from model.evaluation.report import make_plots, markdown
+from model.evaluation.table import evaluate_table
+from model.evaluation.table_report import table_markdown
 from model.predictor import DEFAULT_LEVEL, Predictor
 from model.training.examples import Example, OnBad, load_examples, predict_examples
 from model.training.lir import invariance_error
@@ -58,8 +60,15 @@ def evaluate(
     plots: bool = True,
     on_bad: OnBad = "fail",
     progress: bool = True,
+    chunks_only: Path | None = None,
+    table: bool = True,
+    n_boot: int = 1000,
 ) -> dict[str, Any]:
-    """Score every predictor on every labels file's / zoo's test split; write results.json, results.md, plots."""
+    """Score every predictor on every labels file's / zoo's test split; write results.json, results.md, plots.
+
+    With ``table`` (default), the first predictor's setup is also scored by ``model.evaluation.table`` (every
+    method on the same splits, bootstrap CIs, interval width, OOD rates; ``chunks_only``: the chunks-only SNE
+    of the same setup); its per-kind taus become ``results["kendall_tau"]`` (what the first card publishes)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     cache: dict[tuple[Path, int], list[Example]] = {}
 
@@ -98,6 +107,8 @@ def evaluate(
             has_gap = pred.card.predicts_gap and all(e.gap is not None for e in test_set)
             gap_tau = kendall_tau(out["gap"], np.array([e.gap for e in test_set])) if has_gap else None
             q = pred.card.conformal.half_width(DEFAULT_LEVEL)
+            if q is None:
+                raise ValueError(f"{pdir}: the card has no {DEFAULT_LEVEL} interval (an uncalibrated predictor)")
             cov = coverage(true, *interval(out["acc"], q))
             test_name = "/".join(_zoo_id(test_set))
             row = {
@@ -139,8 +150,21 @@ def evaluate(
         }
         r = results["logit_invariance"]
         r["ratio"] = r["mean_abs_logit_change_unregularized"] / max(r["mean_abs_logit_change_regularized"], 1e-12)
+    text = markdown(results)
+    if table and first is not None:
+        tab = evaluate_table(
+            card_sources(predictor_dirs[0], first.card.zoo.dirs), list(zoo_dirs), out_dir,
+            {"sne": predictor_dirs[0], **({"sne_chunks": chunks_only} if chunks_only is not None else {})},
+            max_train=max_baseline_train, max_test=max_test, n_boot=n_boot,
+        )
+        results["kendall_tau_all_predictors"] = results["kendall_tau"]
+        results.update(
+            kendall_tau=tab["kendall_tau"], kendall_tau_ci95=tab["kendall_tau_ci95"], intervals=tab["intervals"],
+            table_pairs=tab["pairs"], table_setup=tab["setup"],
+        )
+        text = f"## {first.name}: every method on the same splits\n\n{table_markdown(tab)}\n## Per predictor\n\n{text}"
     (out_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n")
-    (out_dir / "results.md").write_text(markdown(results))
+    (out_dir / "results.md").write_text(text)
     if plots and embeddings:
         make_plots(embeddings, out_dir)
     return results

@@ -83,6 +83,7 @@ def update_card(predictor_dir: Path, results: dict[str, Any]) -> None:
             "coverage": results["coverage"],
             "pairs": results["pairs"],
             **({"logit_invariance": results["logit_invariance"]} if "logit_invariance" in results else {}),
+            **{k: results[k] for k in ("kendall_tau_ci95", "intervals") if k in results},  # the evaluation table
         }
     )
     path.write_text(json.dumps(card, indent=2) + "\n")
