@@ -11,6 +11,10 @@ connect (out of one = in of the next, or ``in = out * k`` at a conv-to-linear fl
 hold, or the names show structure a chain does not describe (attention, embeddings, residual shortcuts, a
 block whose input and output widths match), no permutation is known to be safe: ``plan_permutations``
 returns the reason instead of a plan, and LIR skips that checkpoint.
+
+Limits: a state dict cannot show its forward pass. A residual add written in a flat module (``x + fc2(fc1(x))``
+with ``fc1``/``fc2`` siblings of every other layer), a channel shuffle, or a flatten in channels-last order
+would pass these checks and get a permutation that changes the function.
 """
 from __future__ import annotations
 
