@@ -101,3 +101,17 @@ def test_shapes_that_do_not_connect_are_refused():
     reason = plan_permutations(s)
     assert isinstance(reason, str) and "not one chain" in reason
     assert isinstance(plan_permutations({"a.weight": torch.zeros(8, 4)}), str)  # no hidden layer
+
+
+def test_lir_coverage_counts_what_it_skips(tmp_path):
+    """A labelled mixture: the MLPs are permuted by LIR, the ResNet and the transformer are skipped with reasons."""
+    from model.training import load_split
+    from model.training.lir import lir_coverage
+    from tests.nets import checkpoint_file
+
+    names = ["mlp", "mlp", "resnet", "transformer"]
+    files = [checkpoint_file(tmp_path, n, seed=i) for i, n in enumerate(names)]
+    (tmp_path / "labels.csv").write_text("path,accuracy,split\n" + "".join(f"{f.name},0.5,train\n" for f in files))
+    cov = lir_coverage(load_split([tmp_path / "labels.csv"], "train", 16).examples)
+    assert cov["permutable"] == 2 and cov["skipped"] == 2
+    assert sorted(cov["reasons"].values()) == [1, 1] and any("residual" in r for r in cov["reasons"])
