@@ -35,7 +35,7 @@ def needed(alpha: float) -> int:
 MIN_CALIBRATION = needed(0.1)  # the 90 % interval the service answers with (9)
 LOW_TAU = 0.3  # below this a predictor's ranking is too weak to gate on
 # settings that do not change what is trained
-_FREE = frozenset({"device", "name", "on_bad_checkpoint", "max_eval"})
+_FREE = frozenset({"device", "name", "on_bad_checkpoint"})
 
 
 class TrainError(ValueError):
