@@ -1,7 +1,7 @@
 """The result cache: Redis when `SNE_REDIS_URL` is set, an in-process LRU otherwise.
 
-Key: `<SNE_CACHE_PREFIX><predictor version>:<sha256 of the upload>`, so a new predictor never serves old
-answers. Value: a compact binary record of an `Encoding` (`pack_encoding`): a magic tag, a small JSON header
+Key: `<SNE_CACHE_PREFIX><predictor name>:<predictor version>:<sha256 of the upload>`, so neither another
+predictor nor a new version of the same one ever serves an old answer. Value: a compact binary record of an `Encoding` (`pack_encoding`): a magic tag, a small JSON header
 with the scalars and the layer table, then the network embedding and the layer embeddings as raw little-endian float32 —
 about 4 bytes a float instead of ~20 as JSON text.
 
@@ -41,8 +41,9 @@ REDIS_FAILURES = (RedisError, OSError, TimeoutError)
 # --------------------------------------------------------------------------------------------- codec
 
 
-def cache_key(prefix: str, predictor_version: str, sha256: str) -> str:
-    return f"{prefix}{predictor_version}:{sha256}"
+def cache_key(prefix: str, predictor_name: str, predictor_version: str, sha256: str) -> str:
+    """Name AND version: two predictors never share an answer, even when their cards carry the same version."""
+    return f"{prefix}{predictor_name}:{predictor_version}:{sha256}"
 
 
 def pack_encoding(enc: Encoding) -> bytes:

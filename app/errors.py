@@ -31,6 +31,7 @@ class Reason(StrEnum):
     unauthorized = "unauthorized"
     forbidden = "forbidden"
     not_found = "not_found"
+    unknown_predictor = "unknown_predictor"  # 404: ?predictor= / X-SNE-Predictor names no served predictor
     method_not_allowed = "method_not_allowed"
     # 413: size
     too_large = "too_large"

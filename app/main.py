@@ -1,30 +1,26 @@
 """The FastAPI application: `create_app(settings)` and the module-level `app` (`uvicorn app.main:app`).
 
-Importing this module is cheap: the predictor is loaded, warmed up and the batch worker and cache are
-started in the lifespan, and stopped there gracefully (queued and running encodes finish first).
+Importing this module is cheap: the predictors are loaded, warmed up and their batch workers and the cache
+are started in the lifespan (app.registry), and stopped there gracefully (queued and running encodes
+finish first). SIGHUP reloads the predictors (app.reload).
 """
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-import anyio
 import torch
 from fastapi import FastAPI
 
 from app.cache import make_cache
 from app.device import autocast_dtype, resolve_device
 from app.errors import install_error_handlers
-from app.metrics import PREDICTOR_INFO
 from app.middleware import MetricsMiddleware
-from app.routes import encode, health, metrics, pages, predictor
-from app.service import EncodeService
+from app.registry import Registry
+from app.reload import reload_on_sighup
+from app.routes import encode, health, metrics, pages, predictor, predictors
 from app.settings import Settings, get_settings
-from app.worker import BatchWorker
-from model.checkpoint import checkpoint_from_tensors
-from model.predictor import Predictor
 
 log = logging.getLogger("sne.service")
 
@@ -32,25 +28,22 @@ DESCRIPTION = """\
 Upload a neural-network checkpoint (`.safetensors`), get a fixed-size embedding of the network from SNE
 (a Set-based Neural Network Encoder) and its predicted test accuracy, with a conformal interval and an
 out-of-distribution score. Requests are batched dynamically into one encoder forward and answers are cached
-by content hash and predictor version.
+by content hash, predictor name and version. Several predictors can be served (`GET /v1/predictors`); pick
+one per request with `?predictor=NAME` or the `X-SNE-Predictor` header (the default otherwise).
 
 **Errors** all have one shape: `{"error": {"reason": "<stable code>", "message": "<what to do>"}}`.
 415 not safetensors (pickle, zip, ...), 422 malformed checkpoint, 413 too large (refused while streaming),
-401 missing/wrong `X-API-Key` (when keys are configured), 503 queue full or shutting down (`Retry-After`).
+401 missing/wrong `X-API-Key` (when keys are configured), 404 `unknown_predictor` (the message lists the
+known names), 503 queue full or shutting down (`Retry-After`).
 """
 
 
-def load_predictor(settings: Settings, device: torch.device, autocast: torch.dtype | None) -> Predictor:
-    """Load (the configured or the shipped default predictor), move it to the device, warm it up."""
-    predictor = Predictor.load(settings.predictor_path).to(device)
-    if settings.warmup:
-        g = torch.Generator().manual_seed(0)
-        tiny = checkpoint_from_tensors({
-            "0.weight": torch.randn(4, 1, 3, 3, generator=g), "0.bias": torch.randn(4, generator=g),
-            "1.weight": torch.randn(3, 4, generator=g), "1.bias": torch.randn(3, generator=g),
-        })
-        predictor.predict([tiny, tiny], autocast)
-    return predictor
+def publish_default(app: FastAPI, registry: Registry) -> None:
+    """Routes that know one predictor (/readyz, /, the default encode path) read it from `app.state`."""
+    default = registry.default
+    app.state.predictor = default.predictor
+    app.state.worker = default.worker
+    app.state.service = default.service
 
 
 @asynccontextmanager
@@ -60,48 +53,33 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         torch.set_num_threads(settings.torch_threads)
     device = resolve_device(settings.device)
     autocast = autocast_dtype(settings.precision, device)
-    predictor_ = await anyio.to_thread.run_sync(load_predictor, settings, device, autocast)
-    worker = BatchWorker(
-        predictor_,
-        max_batch_size=settings.max_batch_size,
-        max_batch_chunks=settings.max_batch_chunks,
-        max_wait_ms=settings.max_wait_ms,
-        queue_limit=settings.queue_limit,
-        autocast=autocast,
-        retry_after_seconds=settings.retry_after_seconds,
-    )
-    await worker.start()
     cache = make_cache(settings)
-    service = EncodeService(predictor_, worker, cache, settings)
+    registry = Registry(settings, device, autocast, cache)
+    registry.on_swap = lambda: publish_default(app, registry)
+    try:
+        await registry.start()
+    except BaseException:
+        await registry.stop(0)
+        await cache.close()
+        raise
     app.state.device = device
-    app.state.predictor = predictor_
-    app.state.worker = worker
     app.state.cache = cache
-    app.state.service = service
-    PREDICTOR_INFO.info({
-        "name": predictor_.name,
-        "version": predictor_.version,
-        "trained": str(predictor_.trained).lower(),
-        "device": str(device),
-        "precision": "fp32" if autocast is None else settings.precision,
-    })
+    app.state.registry = registry
     cache_state = await cache.state()
+    default = registry.default.predictor
     log.info(
-        "predictor %s %s (trained=%s) on %s; batch<=%d, wait %.1fms; cache %s (%s)",
-        predictor_.name, predictor_.version, predictor_.trained, device, settings.max_batch_size,
+        "default predictor %s %s (trained=%s) on %s; batch<=%d, wait %.1fms; cache %s (%s)",
+        default.name, default.version, default.trained, device, settings.max_batch_size,
         settings.max_wait_ms, cache.backend, cache_state,
     )
-    if not predictor_.trained:
-        log.warning("serving an UNTRAINED predictor: predictions carry no information (every answer says so)")
+    unhook = reload_on_sighup(registry)
     try:
         yield
     finally:
-        deadline = time.monotonic() + settings.shutdown_timeout_seconds
-        worker.drain()
-        await service.drain(settings.shutdown_timeout_seconds)
-        await worker.stop(max(0.0, deadline - time.monotonic()))
+        unhook()
+        await registry.stop(settings.shutdown_timeout_seconds)
         await cache.close()
-        for name in ("service", "worker", "cache", "predictor"):
+        for name in ("service", "worker", "cache", "predictor", "registry"):
             setattr(app.state, name, None)
 
 
@@ -120,6 +98,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(MetricsMiddleware)
     app.include_router(encode.router)
     app.include_router(predictor.router)
+    app.include_router(predictors.router)
     app.include_router(health.router)
     app.include_router(metrics.router)
     app.include_router(pages.router)

@@ -10,13 +10,14 @@ REQUEST_LATENCY = Histogram(
     ["route"],
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
 )
-QUEUE_DEPTH = Gauge("sne_queue_depth", "Checkpoints waiting for the encoder worker.")
+QUEUE_DEPTH = Gauge("sne_queue_depth", "Checkpoints waiting for the encoder worker, by predictor.", ["predictor"])
 BATCH_SIZE = Histogram(
-    "sne_batch_size", "Checkpoints per encoder forward.", buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256)
+    "sne_batch_size", "Checkpoints per encoder forward, by predictor.", ["predictor"], buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256)
 )
 ENCODE_DURATION = Histogram(
     "sne_encode_duration_seconds",
-    "Wall time of one batched encoder forward.",
+    "Wall time of one batched encoder forward, by predictor.",
+    ["predictor"],
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
 )
 PARSE_FAILURES = Counter("sne_parse_failures_total", "Rejected uploads by reason.", ["reason"])
@@ -24,6 +25,9 @@ CACHE_HITS = Counter("sne_cache_hits_total", "Result-cache hits.")
 CACHE_MISSES = Counter("sne_cache_misses_total", "Result-cache misses.")
 CACHE_ERRORS = Counter("sne_cache_errors_total", "Result-cache failures (Redis down or erroring).")
 PREDICTED_ACCURACY = Histogram(
-    "sne_predicted_accuracy", "Predicted test accuracy of encoded checkpoints.", buckets=tuple(i / 10 for i in range(1, 11))
+    "sne_predicted_accuracy", "Predicted test accuracy of encoded checkpoints, by predictor.", ["predictor"],
+    buckets=tuple(i / 10 for i in range(1, 11))
 )
-PREDICTOR_INFO = Info("sne_predictor", "The loaded predictor (name, version, trained flag).")
+PREDICTOR_INFO = Info(
+    "sne_predictor", "The served predictors (name, version, trained flag, default), one series each.", ["predictor"]
+)

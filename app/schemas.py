@@ -194,6 +194,10 @@ UNAUTHORIZED = _error(
     "API keys are configured and `X-API-Key` is missing or wrong.",
     Reason.unauthorized, "missing X-API-Key header: this service requires an API key",
 )
+UNKNOWN_PREDICTOR = _error(
+    "`?predictor=` / `X-SNE-Predictor` names no served predictor (`GET /v1/predictors` lists them).",
+    Reason.unknown_predictor, "no predictor named 'mine'; known: default, sne-small-digits, sweep-mlp",
+)
 BAD_QUERY = _error(
     "An invalid query parameter (in this service's one error shape).",
     Reason.invalid_request, "query.layer_embeddings: Input should be a valid boolean, unable to interpret input",

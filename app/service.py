@@ -28,12 +28,17 @@ log = logging.getLogger("sne.service")
 
 
 class EncodeService:
-    def __init__(self, predictor: Predictor, worker: BatchWorker, cache: ResultCache, settings: Settings) -> None:
+    def __init__(
+        self, predictor: Predictor, worker: BatchWorker, cache: ResultCache, settings: Settings,
+        parse_limiter: anyio.CapacityLimiter | None = None,
+    ) -> None:
+        """One service per served predictor; `parse_limiter` is shared by all of them so SNE_PARSE_WORKERS
+        bounds the process, not each predictor."""
         self.predictor = predictor
         self.worker = worker
         self.cache = cache
         self.settings = settings
-        self._parse_limiter = anyio.CapacityLimiter(settings.parse_workers)
+        self._parse_limiter = parse_limiter or anyio.CapacityLimiter(settings.parse_workers)
         self._limits = settings.limits()
         self._inflight: dict[str, asyncio.Task] = {}
         self._closing = False
@@ -43,7 +48,7 @@ class EncodeService:
         return self._closing
 
     def key(self, sha256: str) -> str:
-        return cache_key(self.settings.cache_prefix, self.predictor.version, sha256)
+        return cache_key(self.settings.cache_prefix, self.predictor.name, self.predictor.version, sha256)
 
     # ----------------------------------------------------------------------------------- public
     async def encode(self, upload: Upload) -> Encoding:
@@ -122,7 +127,7 @@ class EncodeService:
                 422, Reason.non_finite_output,
                 "the encoder produced NaN/Inf for this checkpoint (its weights are too extreme to encode)",
             )
-        PREDICTED_ACCURACY.observe(prediction.accuracy)
+        PREDICTED_ACCURACY.labels(predictor=self.predictor.name).observe(prediction.accuracy)
         encoding = Encoding(
             upload.sha256, prediction, parsed.layers, parsed.skipped, cached=False,
             times=replace(times, parse_ms=parsed.parse_ms),

@@ -24,6 +24,14 @@ class Settings(BaseSettings):
     predictor_path: Path | None = Field(
         None, description="Directory of a trained predictor (weights + card); the shipped default when unset."
     )
+    predictors_dir: Path | None = Field(
+        None, description="Directory of extra predictors (one subfolder each: card.json + model.safetensors), "
+        "served next to the default; rescanned on SIGHUP and `POST /v1/admin/reload`."
+    )
+    admin_open: bool = Field(
+        False, description="Allow `POST /v1/admin/reload` without an API key when SNE_API_KEYS is empty "
+        "(refused otherwise: reloading is never open by accident)."
+    )
     redis_url: str | None = Field(
         None, description="Redis URL for the shared result cache; an in-process LRU when unset."
     )
@@ -44,7 +52,7 @@ class Settings(BaseSettings):
 
     # ---- added with the HTTP service (app/); every one is documented in the README's settings table
     cache_prefix: str = Field(
-        "sne:", description="Prefix of every Redis key (`<prefix><predictor version>:<sha256>`); lets deployments share a Redis."
+        "sne:", description="Prefix of every Redis key (`<prefix><predictor name>:<version>:<sha256>`); lets deployments share a Redis."
     )
     redis_timeout_seconds: float = Field(
         0.5, gt=0, description="Connect/read timeout of one Redis call; a slower Redis counts as down for that call."

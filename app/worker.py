@@ -52,8 +52,10 @@ class BatchWorker:
         queue_limit: int = 256,
         autocast: torch.dtype | None = None,
         retry_after_seconds: int = 1,
+        executor: ThreadPoolExecutor | None = None,
     ) -> None:
         self.predictor = predictor
+        self.label = predictor.name  # the `predictor` label of this worker's metrics
         self.max_batch_size = max(1, max_batch_size)
         self.max_batch_chunks = max(1, max_batch_chunks)
         self.max_wait = max(0.0, max_wait_ms) / 1000.0
@@ -63,6 +65,8 @@ class BatchWorker:
         self._queue: collections.deque[_Job] = collections.deque()
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task | None = None
+        # several workers (one per predictor) may share one forward thread: one forward at a time per device
+        self._shared_executor = executor
         self._executor: ThreadPoolExecutor | None = None
         self._stopping = False  # no new submissions
         self._draining = False  # no more waiting for batches to fill (shutdown has begun)
@@ -82,7 +86,7 @@ class BatchWorker:
     async def start(self) -> None:
         if self._task is not None:
             return
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sne-forward")
+        self._executor = self._shared_executor or ThreadPoolExecutor(max_workers=1, thread_name_prefix="sne-forward")
         self._task = asyncio.create_task(self._run(), name="sne-batcher")
 
     def drain(self) -> None:
@@ -114,10 +118,10 @@ class BatchWorker:
             job = self._queue.popleft()
             if not job.future.done():
                 job.future.set_exception(self._unavailable(Reason.shutting_down, "the service is shutting down"))
-        QUEUE_DEPTH.set(0)
-        if self._executor is not None:
+        QUEUE_DEPTH.labels(predictor=self.label).set(0)
+        if self._executor is not None and self._executor is not self._shared_executor:
             self._executor.shutdown(wait=False, cancel_futures=True)
-            self._executor = None
+        self._executor = None
 
     # ----------------------------------------------------------------------------------- submission
     def _unavailable(self, reason: Reason, message: str) -> APIError:
@@ -134,7 +138,7 @@ class BatchWorker:
             )
         future = asyncio.get_running_loop().create_future()
         self._queue.append(_Job(parsed, future, time.perf_counter()))
-        QUEUE_DEPTH.set(len(self._queue))
+        QUEUE_DEPTH.labels(predictor=self.label).set(len(self._queue))
         self._wakeup.set()
         return await future
 
@@ -163,7 +167,7 @@ class BatchWorker:
             self._queue.popleft()
             batch.append(job)
             chunks += job.parsed.n_chunks
-        QUEUE_DEPTH.set(len(self._queue))
+        QUEUE_DEPTH.labels(predictor=self.label).set(len(self._queue))
         return batch
 
     async def _run(self) -> None:
@@ -204,8 +208,8 @@ class BatchWorker:
             elapsed = time.perf_counter() - started
             self.batches += 1
             self.encoded += len(batch)
-            BATCH_SIZE.observe(len(batch))
-            ENCODE_DURATION.observe(elapsed)
+            BATCH_SIZE.labels(predictor=self.label).observe(len(batch))
+            ENCODE_DURATION.labels(predictor=self.label).observe(elapsed)
             for job, res in zip(batch, results):
                 if job.future.done():
                     continue

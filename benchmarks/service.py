@@ -83,10 +83,9 @@ def server(env: dict[str, str], label: str) -> Iterator[str]:
 
 
 def metric(text: str, name: str) -> float:
-    for line in text.splitlines():
-        if line.startswith(name + " "):
-            return float(line.split()[1])
-    return 0.0
+    """Sum of the samples of `name` over all its label sets (e.g. one per predictor)."""
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith((name + " ", name + "{")))
 
 
 async def drive(url: str, blobs: list[bytes], clients: int) -> dict:

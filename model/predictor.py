@@ -212,12 +212,19 @@ class Predictor:
         return cls(model, card)
 
     def save(self, path: str | Path) -> None:
+        """Write the predictor folder, readable by everyone (dir 0755, files 0644) whatever the umask: a
+        service container runs as another user and reads it from a mounted volume."""
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
         save_file({k: v.detach().cpu().contiguous() for k, v in self.model.state_dict().items()}, path / "model.safetensors")
+        written = [path / "model.safetensors", path / "card.json"]
         if self.reference is not None:
             save_file({"embeddings": self.reference.to(torch.float16).contiguous()}, path / "reference.safetensors")
+            written.append(path / "reference.safetensors")
         (path / "card.json").write_text(self.card.to_json())
+        path.chmod(0o755)
+        for f in written:
+            f.chmod(0o644)
 
     def to(self, device: str | torch.device) -> Predictor:
         self.device = torch.device(device)

@@ -525,7 +525,7 @@ def evaluate_dashboard(base_url: str, job: str, path: Path = DASHBOARD,
     """Run every dashboard query (Grafana variables filled in) as a Prometheus instant query.
 
     Returns one record per target: panel, expr (as sent), status, error, has_data."""
-    values = {"job": job, "instance": ".*", "route": ".*", **(variables or {})}
+    values = {"job": job, "instance": ".*", "route": ".*", "predictor": ".*", **(variables or {})}
     out = []
     for panel, t in dashboard_targets(path):
         expr = substitute_grafana_variables(t["expr"], values)
@@ -543,7 +543,7 @@ def evaluate_variable_queries(base_url: str, job: str, path: Path = DASHBOARD) -
         m = re.fullmatch(r"\s*label_values\((.+),\s*([A-Za-z_][A-Za-z0-9_]*)\)\s*", q)
         if not m:
             raise ValueError(f"variable {name}: unsupported query {q!r}")
-        selector = substitute_grafana_variables(m.group(1), {"job": job, "instance": ".*", "route": ".*"})
+        selector = substitute_grafana_variables(m.group(1), {"job": job, "instance": ".*", "route": ".*", "predictor": ".*"})
         body = prometheus_api(base_url, f"/api/v1/label/{m.group(2)}/values", **{"match[]": selector})
         if body.get("status") != "success":
             raise RuntimeError(f"variable {name}: {body}")

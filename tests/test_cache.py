@@ -97,7 +97,7 @@ async def test_redis_hit_on_second_upload(svc_predictor_dir, redis_url):
         ready = (await client.get("/readyz")).json()
         assert ready["cache"] == {"backend": "redis", "state": "up"}
     r = redis.Redis.from_url(url)
-    key = cache_key(prefix, first["predictor"]["version"], first["sha256"])
+    key = cache_key(prefix, first["predictor"]["name"], first["predictor"]["version"], first["sha256"])
     assert 590 <= r.ttl(key) <= 600
     stored = r.get(key)
     assert stored[:4] == MAGIC and len(stored) < 4 * (64 + 4 * 32) + 1000  # float32 bytes, not JSON floats

@@ -92,7 +92,8 @@ def test_zoo_train_eval_chain(tmp_path):
     zoo, run, out = tmp_path / "zoo", tmp_path / "run", tmp_path / "eval"
     res = sne("zoo", "--out", zoo, "--runs", 20, "--group-size", 20, "--threads", 1)
     assert res.exit_code == 0, res.output
-    assert (zoo / "index.csv").exists() and "split_runs" in res.stdout
+    assert (zoo / "index.csv").exists() and (zoo / "labels.csv").exists() and "train/val/test runs" in res.stdout
+    assert "ZooSummary(" not in res.stdout
     res = sne("train", "--zoo", zoo, "--out", run, "--config", "tiny", "--epochs", 1, "--batch-size", 16, "--threads", 1)
     assert res.exit_code == 0, res.output
     assert f"to {run} (val τ" in res.stdout and Predictor.load(run).trained
@@ -100,3 +101,51 @@ def test_zoo_train_eval_chain(tmp_path):
     assert res.exit_code == 0, res.output
     assert "in_distribution" in res.stdout and (out / "results.json").exists()
     assert "in_distribution" in Predictor.load(run).card.metrics.kendall_tau
+
+
+def _one_error_line(res) -> str:
+    assert res.exit_code == 2, res.output
+    assert "Traceback" not in res.output and res.exception is None or isinstance(res.exception, SystemExit)
+    (line,) = [ln for ln in res.stderr.strip().splitlines() if ln.strip()]
+    assert line.startswith("error: "), res.stderr
+    return line
+
+
+def _usage_error(res) -> str:
+    """typer's usage error: exit 2, the message in its box, no traceback."""
+    assert res.exit_code == 2, res.output
+    assert "Traceback" not in res.output
+    return " ".join(res.stderr.replace("│", " ").split())
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["train", "--out", "{tmp}/run", "--labels", "{tmp}/nope.csv"], "{tmp}/nope.csv does not exist"),
+    (["train", "--out", "{tmp}/run", "--zoo", "/nope"], "/nope does not exist"),
+    (["train", "--out", "{tmp}/run", "--zoo", "{tmp}", "--config", "nope"], "'nope' is not a config; choose from"),
+    (["train", "--out", "{tmp}/run"], "give --labels FILE.csv or --zoo DIR"),
+    (["train", "--out", "{tmp}/run", "--zoo", "{tmp}", "--on-bad-checkpoint", "ignore"], "'ignore' is not one of"),
+    (["zoo", "--out", "{tmp}/z", "--arch", "resnet50"], "'resnet50' is not a zoo architecture"),
+    (["eval", "--predictor", "/nope", "--zoo", "{tmp}"], "/nope does not exist"),
+    (["encode", "--predictor", "/nope", "{tmp}/x.safetensors"], "/nope does not exist"),
+])
+def test_bad_values_are_usage_errors(tmp_path, args, message):
+    text = _usage_error(sne(*[a.format(tmp=tmp_path) for a in args]))
+    assert message.format(tmp=tmp_path) in text, text
+
+
+def test_bad_labels_file_is_one_line(tmp_path):
+    bad = tmp_path / "results.csv"
+    bad.write_text("path,acc\na.safetensors,0.5\n")
+    line = _one_error_line(sne("train", "--out", tmp_path / "run", "--labels", bad))
+    assert line == f"error: {bad}: missing required column 'accuracy' (columns: path, acc)"
+    res = sne("--debug", "train", "--out", tmp_path / "run", "--labels", bad)
+    assert res.exit_code != 0 and type(res.exception).__name__ == "LabelError"  # --debug: the exception itself
+
+
+def test_too_few_validation_checkpoints_is_refused_before_training(tmp_path):
+    files = [checkpoint_file(tmp_path, "mlp", seed=s) for s in range(6)]
+    rows = "".join(f"{f.name},0.{i + 1},{'val' if i < 3 else 'train'}\n" for i, f in enumerate(files))
+    (tmp_path / "labels.csv").write_text("path,accuracy,split\n" + rows)
+    line = _one_error_line(sne("train", "--out", tmp_path / "run", "--labels", tmp_path / "labels.csv", "--config", "tiny"))
+    assert "only 3 validation checkpoints" in line and "needs at least 9" in line
+    assert not (tmp_path / "run" / "card.json").exists()

@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import deploy_checks as dc  # noqa: E402
 
 REPO = dc.REPO
-GATE_FLAGS = {"--min-accuracy", "--url", "--local", "--use-lower-bound", "--fail-on-ood", "--json"}
+GATE_FLAGS = {"--min-accuracy", "--url", "--local", "--predictor", "--use-lower-bound", "--fail-on-ood", "--json"}
 CLIENT_ENV = {"SNE_API_KEY"}  # read by `sne gate`, not a service setting
 
 

@@ -37,6 +37,12 @@ def test_end_to_end(zoos, tmp_path):
     assert card["trained"] is True and card["predicts_gap"] is True
     assert card["splits"]["train"] > 0 and card["conformal"]["accuracy"]["0.90"] > 0
     assert (tmp_path / "run" / "reference.safetensors").exists()
+    assert card["lir"] == {"weight": 1.0, "permutable": card["splits"]["train"], "skipped": 0, "reasons": {}}
+    assert card["ood"]["train_flag_rate"] <= 0.01 and card["ood"]["threshold"] >= 0
+    q = card["quality"]
+    assert q["n"] == card["splits"]["val"] and set(q["kendall_tau"]) == {"sne", "pooled"}
+    assert q["sne_better"] == (q["kendall_tau"]["sne"] > q["kendall_tau"]["pooled"])
+    assert card["warnings"] == q["warnings"] and (q["sne_better"] or any("pooled" in w for w in q["warnings"]))
     # resuming a finished run trains nothing more and gives the same weights
     again = train([a], tmp_path / "run", opts, progress=False)
     assert again.version == pred.version
@@ -52,7 +58,9 @@ def test_end_to_end(zoos, tmp_path):
     update_card(tmp_path / "run", results)
     loaded = Predictor.load(tmp_path / "run")
     assert set(loaded.card.metrics.kendall_tau) == {"in_distribution", "cross_dataset", "cross_arch"}
-    assert set(loaded.card.metrics.kendall_tau["in_distribution"]) == {"sne", "statnn", "mlp"}
+    assert set(loaded.card.metrics.kendall_tau["in_distribution"]) == {"sne", "sne_chunks", "statset", "pooled", "statnn", "mlp"}
+    assert loaded.card.metrics.kendall_tau["in_distribution"]["statset"] is not None  # the evaluation table ran
+    assert tau["in_distribution"]["pooled"] is not None and tau["cross_arch"]["pooled"] is not None  # any arch
 
 
 def _chunk_sets(layers) -> list[list[tuple[float, ...]]]:

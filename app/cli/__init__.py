@@ -5,8 +5,11 @@ imports torch, the model and the service inside its body, so `sne --help` stays 
 """
 from __future__ import annotations
 
+from typing import Annotated
+
 import typer
 
+from app.cli.common import DEBUG, guarded
 from app.cli.encode import encode_command
 from app.cli.evaluate import eval_command
 from app.cli.gate.command import gate_command
@@ -16,14 +19,23 @@ from app.cli.train import train_command
 from app.cli.zoo import zoo_command
 
 app = typer.Typer(
-    add_completion=False, no_args_is_help=True, help="SNE: encode neural-network checkpoints and predict their accuracy."
+    add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+    help="SNE: encode neural-network checkpoints and predict their accuracy.",
 )
-app.command("inspect")(inspect_command)
-app.command("encode")(encode_command)
-app.command("zoo")(zoo_command)
-app.command("train")(train_command)
-app.command("eval")(eval_command)
-app.command("serve")(serve_command)
-app.command("gate")(gate_command)
+
+
+@app.callback()
+def main(debug: Annotated[bool, typer.Option("--debug", help="Show the traceback of a failure.")] = False) -> None:
+    """SNE: encode neural-network checkpoints and predict their accuracy."""
+    DEBUG["on"] = debug
+
+
+app.command("inspect")(guarded(inspect_command))
+app.command("encode")(guarded(encode_command))
+app.command("zoo")(guarded(zoo_command))
+app.command("train")(guarded(train_command))
+app.command("eval")(guarded(eval_command))
+app.command("serve")(guarded(serve_command))
+app.command("gate")(guarded(gate_command))
 
 __all__ = ["app"]

@@ -1,8 +1,18 @@
-"""What every `sne` subcommand shares: the two consoles and the one-line failure."""
+"""What every `sne` subcommand shares: the two consoles, the one-line failure, and validators for options.
+
+Every command is registered through `guarded`: whatever it raises becomes one line on stderr and exit code 2,
+unless `sne --debug ...` asked for the traceback. Validators run when a command is invoked (never at import,
+so `sne --help` loads no model) and answer with `typer.BadParameter`, which typer shows as a usage error.
+"""
 from __future__ import annotations
 
-from typing import NoReturn
+import functools
+from collections.abc import Callable
+from enum import Enum
+from pathlib import Path
+from typing import Any, NoReturn, TypeVar
 
+import click
 import typer
 from rich.console import Console
 from rich.markup import escape
@@ -11,6 +21,9 @@ console = Console()
 err = Console(stderr=True)
 
 EXIT_USAGE = 2
+DEBUG = {"on": False}  # set by the global --debug option
+
+F = TypeVar("F", bound=Callable[..., Any])
 
 
 def fail(message: str) -> NoReturn:
@@ -20,3 +33,67 @@ def fail(message: str) -> NoReturn:
     """
     err.print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True)
     raise typer.Exit(EXIT_USAGE)
+
+
+def _one_line(e: BaseException) -> str:
+    text = " ".join(str(e).split()) or type(e).__name__
+    expected = type(e).__name__ in {"LabelError", "TrainError", "CheckpointError"} or isinstance(e, (OSError, ValueError))
+    return text if expected else f"{type(e).__name__}: {text} (run `sne --debug ...` for the traceback)"
+
+
+def guarded(command: F) -> F:
+    """The command, with any exception it raises turned into `fail(...)` (re-raised under --debug)."""
+
+    @functools.wraps(command)
+    def run(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return command(*args, **kwargs)
+        except (typer.Exit, typer.Abort, click.exceptions.ClickException, KeyboardInterrupt):
+            raise
+        except Exception as e:
+            if DEBUG["on"]:
+                raise
+            fail(_one_line(e))
+
+    return run  # type: ignore[return-value]
+
+
+def existing_dir(value: Path | None) -> Path | None:
+    """Callback for options that name a directory that must exist (a predictor, a zoo)."""
+    if value is not None and not value.is_dir():
+        raise typer.BadParameter(f"{value} is not a directory" if value.exists() else f"{value} does not exist")
+    return value
+
+
+def existing_dirs(values: list[Path] | None) -> list[Path] | None:
+    for v in values or []:
+        existing_dir(v)
+    return values
+
+
+def existing_files(values: list[Path] | None) -> list[Path] | None:
+    for v in values or []:
+        if not v.is_file():
+            raise typer.BadParameter(f"{v} is not a file" if v.exists() else f"{v} does not exist")
+    return values
+
+
+def config_name(value: str) -> str:
+    """Callback: an SNE config name (`small`, `tiny`, `paper`, ...)."""
+    from model.config import CONFIGS
+
+    if value not in CONFIGS:
+        raise typer.BadParameter(f"{value!r} is not a config; choose from {', '.join(CONFIGS)}")
+    return value
+
+
+class OnBad(str, Enum):
+    """What to do with a labelled checkpoint that cannot be read."""
+
+    fail = "fail"
+    skip = "skip"
+
+
+class Device(str, Enum):
+    cpu = "cpu"
+    cuda = "cuda"

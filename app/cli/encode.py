@@ -7,13 +7,13 @@ from typing import Annotated
 
 import typer
 
-from app.cli.common import console, err, fail
+from app.cli.common import console, err, existing_dir, fail
 
 
 def encode_command(
     files: Annotated[list[Path], typer.Argument(help="One or more .safetensors checkpoints.")],
     predictor: Annotated[Path | None, typer.Option(
-        envvar="SNE_PREDICTOR_PATH", help="Predictor directory (default: the shipped one).",
+        callback=existing_dir, envvar="SNE_PREDICTOR_PATH", help="Predictor directory (default: the shipped one).",
     )] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON (with embeddings) instead of a table.")] = False,
 ) -> None:
@@ -24,14 +24,15 @@ def encode_command(
     from model.errors import CheckpointError
     from model.predictor import Predictor
 
-    pred = Predictor.load(predictor)
-    parsed = []
-    for f in files:
-        try:
-            parsed.append(parse_file(f, pred))
-        except CheckpointError as e:
-            fail(f"{f}: {e} [{e.reason}]")
-    results = encode_parsed(parsed, pred)
+    with err.status(f"encoding {len(files)} checkpoint(s)"):  # a spinner on a terminal, nothing otherwise
+        pred = Predictor.load(predictor)
+        parsed = []
+        for f in files:
+            try:
+                parsed.append(parse_file(f, pred))
+            except CheckpointError as e:
+                fail(f"{f}: {e} [{e.reason}]")
+        results = encode_parsed(parsed, pred)
     if not pred.trained:
         err.print(f"[yellow]warning:[/] {pred.card.note or 'untrained predictor'}")
     if as_json:

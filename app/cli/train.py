@@ -1,4 +1,4 @@
-"""`sne train`: train SNE on one or more zoos and save a calibrated predictor."""
+"""`sne train`: train SNE on labelled checkpoints (a labels CSV, or zoos) and save a calibrated predictor."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -6,35 +6,67 @@ from typing import Annotated
 
 import typer
 
-from app.cli.common import console
+from app.cli.common import (
+    Device,
+    OnBad,
+    config_name,
+    console,
+    err,
+    existing_dirs,
+    existing_files,
+)
 
 
 def train_command(
-    zoo_dirs: Annotated[list[Path], typer.Option("--zoo", help="Zoo directory to train on (repeatable).")],
     out: Annotated[Path, typer.Option(help="Predictor output directory (model.safetensors, card.json, ...).")],
-    config: Annotated[str, typer.Option(help="Encoder size: small (2 CPU cores) or paper (Table 7; GPU).")] = "small",
-    epochs: Annotated[int, typer.Option()] = 12,
-    batch_size: Annotated[int, typer.Option(help="Checkpoints per step.")] = 16,
-    lr: Annotated[float, typer.Option(help="Peak AdamW learning rate (linear warm-up, cosine decay).")] = 2e-3,
-    weight_decay: Annotated[float, typer.Option(help="AdamW weight decay.")] = 0.01,
-    warmup: Annotated[float, typer.Option(help="Share of the steps spent warming up.")] = 0.05,
-    clip_grad: Annotated[float, typer.Option(help="Clip the gradient norm to this (0 = off).")] = 1.0,
-    rank_weight: Annotated[float, typer.Option(help="Pairwise ranking loss weight beside BCE (0 = off).")] = 1.0,
-    patience: Annotated[int, typer.Option(help="Stop after this many epochs without a better val tau (0 = never).")] = 0,
-    train_chunks: Annotated[int, typer.Option(help="Chunks per part sampled in each training step (0 = all).")] = 64,
-    lir_weight: Annotated[float, typer.Option(help="Logit Invariance Regularization weight (0 = off).")] = 1.0,
+    labels: Annotated[list[Path] | None, typer.Option(
+        "--labels", callback=existing_files,
+        help="Labels CSV: one row per checkpoint, columns path, accuracy (+ run, split, family, dataset, gap); "
+        "paths relative to the file. Repeatable. See README, Bring your own checkpoints.",
+    )] = None,
+    zoo_dirs: Annotated[list[Path] | None, typer.Option(
+        "--zoo", callback=existing_dirs, help="Zoo directory made by `sne zoo` (repeatable).",
+    )] = None,
+    config: Annotated[str, typer.Option(
+        callback=config_name, help="Encoder size: tiny, small (2 CPU cores) or paper (Table 7; GPU).",
+    )] = "small",
+    epochs: Annotated[int, typer.Option(min=1)] = 12,
+    batch_size: Annotated[int, typer.Option(min=1, help="Checkpoints per step.")] = 16,
+    lr: Annotated[float, typer.Option(min=0.0, help="Peak AdamW learning rate (linear warm-up, cosine decay).")] = 2e-3,
+    weight_decay: Annotated[float, typer.Option(min=0.0, help="AdamW weight decay.")] = 0.01,
+    warmup: Annotated[float, typer.Option(min=0.0, max=1.0, help="Share of the steps spent warming up.")] = 0.05,
+    clip_grad: Annotated[float, typer.Option(min=0.0, help="Clip the gradient norm to this (0 = off).")] = 1.0,
+    rank_weight: Annotated[float, typer.Option(min=0.0, help="Pairwise ranking loss weight beside BCE (0 = off).")] = 1.0,
+    patience: Annotated[int, typer.Option(
+        min=0, help="Stop after this many epochs without a better val tau (0 = never).",
+    )] = 0,
+    train_chunks: Annotated[int, typer.Option(
+        min=0, help="Chunks per part sampled in each training step (0 = all).",
+    )] = 64,
+    lir_weight: Annotated[float, typer.Option(min=0.0, help="Logit Invariance Regularization weight (0 = off).")] = 1.0,
     lir_fraction: Annotated[float, typer.Option(
-        help="Share of each batch also encoded with permuted hidden units.",
+        min=0.0, max=1.0, help="Share of each batch also encoded with permuted hidden units.",
     )] = 0.25,
-    max_train: Annotated[int | None, typer.Option(help="Subsample the train split to this many checkpoints.")] = None,
-    max_eval: Annotated[int | None, typer.Option(help="Subsample the val split (selection + calibration).")] = None,
+    max_train: Annotated[int | None, typer.Option(min=1, help="Subsample the train split to this many checkpoints.")] = None,
+    max_eval: Annotated[int | None, typer.Option(min=1, help="Subsample the val split (selection + calibration).")] = None,
     seed: Annotated[int, typer.Option()] = 0,
-    device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
-    threads: Annotated[int, typer.Option(help="torch threads.")] = 2,
+    device: Annotated[Device, typer.Option(help="cpu or cuda.")] = Device.cpu,
+    threads: Annotated[int, typer.Option(min=1, help="torch threads.")] = 2,
     name: Annotated[str | None, typer.Option(help="Predictor name in its card.")] = None,
+    on_bad_checkpoint: Annotated[OnBad, typer.Option(
+        help="A checkpoint that cannot be read: fail (list them) or skip (counted in the card).",
+    )] = OnBad.fail,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out with the settings it was started with.")] = False,
+    restart: Annotated[bool, typer.Option("--restart", help="Discard the run in --out and start over.")] = False,
 ) -> None:
     """Train SNE (BCE + ranking on test accuracy, AdamW, LIR) and save a calibrated predictor; resumes if interrupted."""
+    sources = [*(labels or []), *(zoo_dirs or [])]
+    if not sources:
+        raise typer.BadParameter("give --labels FILE.csv or --zoo DIR (at least one)", param_hint="'--labels' / '--zoo'")
+    if resume and restart:
+        raise typer.BadParameter("--resume keeps the old run, --restart discards it: give one", param_hint="'--resume'")
     import torch
+    from rich.table import Table
 
     from model.training import TrainOptions, train
 
@@ -43,6 +75,21 @@ def train_command(
                         warmup=warmup, rank_weight=rank_weight, patience=patience, train_chunks=train_chunks,
                         lir_weight=lir_weight,
                         lir_fraction=lir_fraction, clip_grad=clip_grad, max_train=max_train, max_eval=max_eval, seed=seed,
-                        device=device, name=name)
-    pred = train(zoo_dirs, out, opts)
-    console.print(f"saved {pred.name} {pred.version} to {out} (val τ {pred.card.metrics.val['kendall_tau']:.3f})")
+                        device=device.value, name=name, on_bad_checkpoint=on_bad_checkpoint.value)
+    pred = train(sources, out, opts, resume="keep" if resume else "restart" if restart else "check")
+    card = pred.card.model_dump()
+    table = Table(title=f"{pred.name} {pred.version}  ->  {out}")
+    for col in ("train", "val", "SNE val τ", "pooled GBM val τ", "LIR permutable", "unreadable", "OOD flags on train"):
+        table.add_column(col, justify="right")
+    quality, lir, ood = card.get("quality", {}), card.get("lir", {}), card.get("ood", {})
+    table.add_row(
+        str(card["splits"]["train"]), str(card["splits"]["val"]), f"{quality['kendall_tau']['sne']:.3f}",
+        f"{quality['kendall_tau']['pooled']:.3f}", f"{lir.get('permutable', 0)} of {card['splits']['train']}",
+        str(len(card.get("unreadable_checkpoints", []))), f"{ood.get('train_flag_rate', 0):.1%}",
+    )
+    console.print(table)
+    for reason, n in lir.get("reasons", {}).items():
+        err.print(f"[yellow]LIR skipped {n} checkpoint(s):[/] {reason}", soft_wrap=True)
+    for w in card.get("warnings", []):
+        err.print(f"[bold yellow]WARNING:[/] {w}", soft_wrap=True)
+    console.print(f"saved {pred.name} {pred.version} to {out} (val τ {pred.card.metrics.val['kendall_tau']:.3f})", soft_wrap=True)

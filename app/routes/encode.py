@@ -8,12 +8,13 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Query, Request
 
 from app.auth import require_api_key
-from app.deps import ServiceDep, SettingsDep
+from app.deps import SettingsDep
 from app.encoding import Encoding
 from app.errors import APIError, Reason
 from app.metrics import PARSE_FAILURES
 from app.schemas import (
     BAD_QUERY,
+    UNKNOWN_PREDICTOR,
     UPLOAD_ERRORS,
     BatchItem,
     BatchResponse,
@@ -21,6 +22,7 @@ from app.schemas import (
     ErrorDetail,
     encode_response,
 )
+from app.selection import ServedDep
 from app.settings import Settings
 from app.uploads import Upload, is_multipart, read_multipart, read_raw
 
@@ -91,7 +93,7 @@ async def receive_uploads(request: Request, settings: Settings, max_files: int) 
     "/encode",
     response_model=EncodeResponse,
     response_model_exclude_unset=True,  # `layer_embeddings` only when asked for
-    responses=UPLOAD_ERRORS,
+    responses={**UPLOAD_ERRORS, 404: UNKNOWN_PREDICTOR},
     openapi_extra=ENCODE_BODY,
     summary="Encode one checkpoint",
     description="Upload a `.safetensors` checkpoint (raw body or multipart `file`); get its SNE embedding, "
@@ -99,9 +101,10 @@ async def receive_uploads(request: Request, settings: Settings, max_files: int) 
     "Identical uploads are answered from the cache (`cached: true`).",
 )
 async def encode(
-    request: Request, settings: SettingsDep, service: ServiceDep, layer_embeddings: LayerEmbeddings = False
+    request: Request, settings: SettingsDep, served: ServedDep, layer_embeddings: LayerEmbeddings = False
 ) -> EncodeResponse:
     started = time.perf_counter()
+    service = served.service
     (upload,) = await receive_uploads(request, settings, max_files=1)
     encoding = await service.encode(upload)
     return encode_response(
@@ -114,7 +117,8 @@ async def encode(
     response_model=BatchResponse,
     response_model_exclude_unset=True,
     # a bad file is answered inside the 200 body; 422 only for a bad query parameter
-    responses={**{k: v for k, v in UPLOAD_ERRORS.items() if k in (400, 401, 413, 503)}, 422: BAD_QUERY},
+    responses={**{k: v for k, v in UPLOAD_ERRORS.items() if k in (400, 401, 413, 503)}, 404: UNKNOWN_PREDICTOR,
+               422: BAD_QUERY},
     openapi_extra=BATCH_BODY,
     summary="Encode several checkpoints in one request",
     description="Each file is answered on its own (`status` 200 with `result`, or its error): one bad file "
@@ -122,9 +126,10 @@ async def encode(
     "file was refused for load (503).",
 )
 async def encode_batch(
-    request: Request, settings: SettingsDep, service: ServiceDep, layer_embeddings: LayerEmbeddings = False
+    request: Request, settings: SettingsDep, served: ServedDep, layer_embeddings: LayerEmbeddings = False
 ) -> BatchResponse:
     started = time.perf_counter()
+    service = served.service
     uploads = await receive_uploads(request, settings, max_files=settings.max_batch_files)
     names = [u.filename for u in uploads]
     outcomes = await asyncio.gather(*(service.encode(u) for u in uploads), return_exceptions=True)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from html import escape
 from importlib.resources import files
+from urllib.parse import quote
 
 from fastapi import APIRouter, Request
 from fastapi.openapi.docs import get_swagger_ui_html
@@ -54,6 +55,16 @@ def _tau_table(predictor: Predictor) -> str:
             f"<tr><th>evaluation</th>{head}</tr>{''.join(rows)}</table>")
 
 
+def _others(request: Request) -> str:
+    """The predictors served next to the default (SNE_PREDICTORS_DIR), each linked to its card."""
+    registry = getattr(request.app.state, "registry", None)
+    others = registry.served[1:] if registry is not None else []
+    if not others:
+        return ""
+    links = ", ".join(f'<a href="/v1/predictor?name={quote(s.name)}"><code>{escape(s.name)}</code></a>' for s in others)
+    return f"<p>Also served (choose with <code>?predictor=NAME</code>): {links}.</p>"
+
+
 @router.get("/", response_class=HTMLResponse)
 async def landing(request: Request) -> HTMLResponse:
     predictor: Predictor | None = getattr(request.app.state, "predictor", None)
@@ -62,7 +73,7 @@ async def landing(request: Request) -> HTMLResponse:
     else:
         trained = "" if predictor.trained else " <strong>(UNTRAINED: predictions carry no information)</strong>"
         loaded = (f"<p>Predictor <code>{escape(predictor.name)}</code> version <code>{escape(predictor.version)}</code>"
-                  f"{trained}.</p>{_tau_table(predictor)}")
+                  f"{trained}.</p>{_tau_table(predictor)}{_others(request)}")
     title = escape(request.app.title)
     return HTMLResponse(f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>{title}</title>
@@ -71,7 +82,7 @@ async def landing(request: Request) -> HTMLResponse:
 <h1>{title}</h1>
 <p>POST a <code>.safetensors</code> checkpoint to <code>/v1/encode</code>; get its embedding and predicted accuracy.</p>
 <p><a href="/docs">API docs (Swagger UI)</a> &middot; <a href="/openapi.json">OpenAPI schema</a> &middot;
-<a href="/v1/predictor">predictor card</a> &middot; <a href="/readyz">readiness</a> &middot; <a href="/metrics">metrics</a></p>
+<a href="/v1/predictor">predictor card</a> &middot; <a href="/v1/predictors">all predictors</a> &middot; <a href="/readyz">readiness</a> &middot; <a href="/metrics">metrics</a></p>
 {loaded}
 </body></html>
 """)

@@ -1,11 +1,19 @@
-"""`GET /v1/predictor`: the loaded predictor's card (zoo, splits, metrics incl. Kendall tau, config)."""
+"""`GET /v1/predictor`: a served predictor's card (zoo, splits, metrics incl. Kendall tau, config); the
+default's, or the one named by `?name=` (or the `X-SNE-Predictor` header)."""
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Query
 
 from app.auth import require_api_key
-from app.deps import PredictorDep
-from app.schemas import UNAUTHORIZED, PredictorCardResponse
+from app.schemas import (
+    BAD_QUERY,
+    UNAUTHORIZED,
+    UNKNOWN_PREDICTOR,
+    PredictorCardResponse,
+)
+from app.selection import PredictorHeader, RegistryDep, chosen_name
 from model.predictor import PredictorCard
 
 router = APIRouter(prefix="/v1", tags=["predictor"], dependencies=[Depends(require_api_key)])
@@ -14,8 +22,12 @@ router = APIRouter(prefix="/v1", tags=["predictor"], dependencies=[Depends(requi
 @router.get(
     "/predictor",
     response_model=PredictorCardResponse,
-    responses={401: UNAUTHORIZED},
-    summary="The loaded predictor's card",
+    responses={401: UNAUTHORIZED, 404: UNKNOWN_PREDICTOR, 422: BAD_QUERY},
+    summary="A served predictor's card (the default's unless ?name= says otherwise)",
 )
-async def predictor_card(predictor: PredictorDep) -> PredictorCard:
-    return predictor.card
+async def predictor_card(
+    registry: RegistryDep,
+    name: Annotated[str | None, Query(description="Predictor name or alias (`GET /v1/predictors`).")] = None,
+    x_sne_predictor: PredictorHeader = None,
+) -> PredictorCard:
+    return registry.resolve(chosen_name(name, x_sne_predictor)).predictor.card

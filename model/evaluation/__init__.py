@@ -2,5 +2,6 @@
 
 from model.evaluation.evaluate import evaluate
 from model.evaluation.report import make_plots, markdown, update_card
+from model.evaluation.table import evaluate_table
 
-__all__ = ["evaluate", "make_plots", "markdown", "update_card"]
+__all__ = ["evaluate", "evaluate_table", "make_plots", "markdown", "update_card"]

@@ -1,10 +1,14 @@
-"""The two fixed-architecture baselines of the SNE paper.
+"""The statistics baselines SNE is measured against.
+
+- pooled: per-layer statistics pooled to a fixed length (``model.evaluation.pooled``), gradient-boosted trees;
+  any architecture, and mixtures of them.
+The two fixed-architecture baselines of the SNE paper:
 
 - STATNN (Unterthiner et al. 2020): per floating tensor, 7 statistics (mean, variance, min, 25 %, median,
   75 %, max), concatenated; a gradient-boosted tree regressor predicts test accuracy.
 - FlatMLP: a small MLP on all weights flattened into one vector.
 
-Both need every checkpoint to have the same tensors (one architecture): a feature vector of another length
+These two need every checkpoint to have the same tensors (one architecture): a feature vector of another length
 at predict time raises ``ValueError``. Tensors are ordered by natural sort of their keys (``blocks.2``
 before ``blocks.10``, ``model.checkpoint.natural_key``).
 """
@@ -20,10 +24,12 @@ from threadpoolctl import threadpool_limits
 from torch import nn
 
 from model.checkpoint import natural_key
+from model.evaluation.pooled import pooled_features
 
 __all__ = [
     "FlatMLP",
     "StatNN",
+    "baseline_predictions",
     "fit_predict",
     "flat_features",
     "statnn_features",
@@ -286,7 +292,9 @@ class FlatMLP:
         return np.clip(out, 0.0, 1.0)
 
 
-_METHODS = {"statnn": (statnn_features, StatNN), "mlp": (flat_features, FlatMLP)}
+_METHODS = {"pooled": (pooled_features, StatNN), "statnn": (statnn_features, StatNN), "mlp": (flat_features, FlatMLP)}
+BASELINES: tuple[str, ...] = ("pooled", "statnn", "mlp")
+FIXED_ARCH = frozenset({"statnn", "mlp"})
 
 
 def _stack(fn, states: Sequence[State], what: str) -> np.ndarray:
@@ -307,7 +315,7 @@ def fit_predict(
     seed: int = 0,
     **params: object,
 ) -> np.ndarray:
-    """Fit baseline ``method`` ("statnn" or "mlp") on training state dicts and predict test accuracies.
+    """Fit baseline ``method`` ("pooled", "statnn" or "mlp") on training state dicts and predict test accuracies.
 
     Extra keyword arguments go to the model's constructor. Raises ``ValueError`` for an unknown method or
     when train and test checkpoints are of different architectures (feature lengths differ).
@@ -320,3 +328,21 @@ def fit_predict(
     Xte = _stack(feat_fn, test_states, "test")
     model = cls(seed=seed, **params).fit(Xtr, train_y)
     return model.predict(Xte)
+
+
+def signature(state: State) -> tuple[tuple[str, tuple[int, ...]], ...]:
+    """The architecture as the fixed-architecture baselines see it: floating tensor names and shapes."""
+    return tuple((k, tuple(t.shape)) for k, t in _float_tensors(state))
+
+
+def baseline_predictions(
+    train_states: Sequence[State], train_y: ArrayLike, test_states: Sequence[State], methods: Sequence[str] = BASELINES,
+    seed: int = 0,
+) -> dict[str, np.ndarray | None]:
+    """Each baseline's predictions for the test checkpoints; None for a fixed-architecture baseline (STATNN,
+    MLP) unless every train and test checkpoint has one architecture (``signature``) - n/a, never a crash."""
+    sigs = {signature(s) for s in (*train_states, *test_states)}
+    return {
+        m: None if m in FIXED_ARCH and len(sigs) > 1 else fit_predict(m, train_states, train_y, test_states, seed=seed)
+        for m in methods
+    }

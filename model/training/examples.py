@@ -1,20 +1,30 @@
-"""Zoo checkpoints as SNE examples: parsed and chunked once, with the targets SNE learns (accuracy, gap)."""
+"""Labelled checkpoints as SNE examples: parsed and chunked once, with the targets SNE learns (accuracy, gap).
+
+Sources are labels CSV files or zoo directories (``model.labels``: one format). A checkpoint that cannot be read
+is listed: fatal by default, or skipped (``on_bad="skip"``) and counted.
+"""
 from __future__ import annotations
 
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TypedDict
+from typing import Literal, TypedDict
 
 import numpy as np
 import torch
+from rich.progress import Progress
 
-from model.checkpoint import checkpoint_from_tensors
+from model.admission import Limits
+from model.checkpoint import CheckpointFile, checkpoint_from_tensors
 from model.chunking import ChunkedLayer, Chunks, chunk_checkpoint
+from model.errors import CheckpointError
+from model.labels import Label, LabelError, read_labels
 from model.packing import pack
 from model.sne import SNE
-from model.zoo import load_index, load_zoo_checkpoint
+from model.training.permutations import PermutationPlan, plan_permutations
+
+OnBad = Literal["skip", "fail"]
 
 
 def sample_chunks(layers: list[ChunkedLayer], k: int, gen: torch.Generator) -> list[ChunkedLayer]:
@@ -38,29 +48,71 @@ def sample_chunks(layers: list[ChunkedLayer], k: int, gen: torch.Generator) -> l
 
 @dataclass
 class Example:
-    """One zoo checkpoint: its chunked layers, targets, and the raw state (LIR permutes it)."""
+    """One labelled checkpoint: its chunked layers, targets, the raw state and how LIR may permute it."""
 
     layers: list[ChunkedLayer]
     acc: float
-    gap: float
-    arch: str
+    gap: float | None  # None: the labels give no gap
+    arch: str  # the labels' family/arch column
     dataset: str
     state: dict[str, torch.Tensor] = field(repr=False)
+    plan: PermutationPlan | str = field(default="not planned", repr=False)  # str: why LIR skips it
+    path: Path | None = None
+
+
+@dataclass
+class Loaded:
+    """One split of some sources: the examples, and the checkpoints that could not be read (path: reason)."""
+
+    examples: list[Example]
+    bad: list[str]
+
+
+def read_state(path: Path) -> dict[str, torch.Tensor]:
+    """Every tensor of a (small, labelled) checkpoint as an owned tensor, read through the bounded reader."""
+    with CheckpointFile(path, Limits.unbudgeted()) as f:
+        return {name: f.tensor(ref).clone() for name, ref in f.header.tensors.items()}
+
+
+def _example(lab: Label, chunk_size: int) -> Example:
+    state = read_state(lab.path)
+    layers = chunk_checkpoint(checkpoint_from_tensors(state), chunk_size)
+    if not layers:
+        raise CheckpointError("no_layers", "no layer SNE can encode")
+    return Example(layers, lab.accuracy, lab.gap, lab.family, lab.dataset, state, plan_permutations(state), lab.path)
+
+
+def load_split(
+    sources: Sequence[Path], split: str, chunk_size: int, limit: int | None = None, seed: int = 0, on_bad: OnBad = "fail",
+    progress: bool = False,
+) -> Loaded:
+    """Checkpoints of one split of the given labels files / zoos, parsed and chunked once (they are small).
+
+    Raises ``LabelError`` for a bad labels file, and (``on_bad="fail"``) when any checkpoint cannot be read."""
+    labels = [lab for s in sources for lab in read_labels(Path(s)) if lab.split == split]
+    if limit is not None and len(labels) > limit:
+        labels = random.Random(seed).sample(labels, limit)
+    out, bad = [], []
+    with Progress(disable=not progress, transient=True) as bar:
+        for lab in bar.track(labels, description=f"reading the {split} checkpoints"):
+            try:
+                out.append(_example(lab, chunk_size))
+            except (CheckpointError, ValueError) as e:
+                bad.append(f"{lab.path}: {e}")
+    if bad and on_bad == "fail":
+        shown = "; ".join(bad[:3]) + (f"; and {len(bad) - 3} more" if len(bad) > 3 else "")
+        raise LabelError(
+            f"{len(bad)} of {len(labels)} {split} checkpoints cannot be read: {shown} "
+            "(fix or remove them, or pass --on-bad-checkpoint skip)"
+        )
+    return Loaded(out, bad)
 
 
 def load_examples(
-    zoo_dirs: Sequence[Path], split: str, chunk_size: int, limit: int | None = None, seed: int = 0
+    sources: Sequence[Path], split: str, chunk_size: int, limit: int | None = None, seed: int = 0, on_bad: OnBad = "fail",
 ) -> list[Example]:
-    """Checkpoints of one split of the given zoos, parsed and chunked once (they are small)."""
-    rows = [(Path(z), r) for z in zoo_dirs for r in load_index(Path(z)) if r["split"] == split]
-    if limit is not None and len(rows) > limit:
-        rows = random.Random(seed).sample(rows, limit)
-    out = []
-    for zoo, r in rows:
-        state = load_zoo_checkpoint(zoo, r)
-        layers = chunk_checkpoint(checkpoint_from_tensors(state), chunk_size)
-        out.append(Example(layers, float(r["test_acc"]), float(r["gap"]), r["arch"], r["dataset"], state))
-    return out
+    """The examples of ``load_split`` (unreadable checkpoints skipped or fatal by ``on_bad``)."""
+    return load_split(sources, split, chunk_size, limit, seed, on_bad).examples
 
 
 class ExamplePredictions(TypedDict):

@@ -1,4 +1,5 @@
-"""`sne train`: fit SNE to a zoo's test accuracies (binary cross-entropy, paper §3.7, plus a ranking term).
+"""`sne train`: fit SNE to labelled checkpoints' test accuracies (binary cross-entropy, paper §3.7, plus a
+ranking term).
 
 Robust on 2 CPU cores: AdamW with linear warm-up and cosine decay, gradient clipping, a pairwise ranking loss
 beside BCE (Kendall τ, the metric, is a rank measure), a per-step chunk budget, early stopping on val τ keeping
@@ -6,7 +7,8 @@ the best epoch, and the spread of val predictions logged every epoch so a collap
 
 Adds the v2 paper's Logit Invariance Regularization (``model.training.lir``) and a second head for the
 generalization gap. Each epoch is checkpointed (``model.training.resume``), so an interrupted run resumes;
-``finalize`` calibrates the chosen model and writes its card.
+``finalize`` calibrates the chosen model and writes its card. Sources are labels CSV files or zoo directories
+(``model.labels``); ``model.training.guards`` refuses what cannot be calibrated or resumed honestly.
 """
 from __future__ import annotations
 
@@ -15,7 +17,7 @@ import math
 import random
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import date
 from pathlib import Path
 
@@ -26,12 +28,25 @@ from rich.progress import Progress
 from safetensors.torch import load_file, save_file
 
 from model.config import get_config
-from model.evaluation.metrics import conformal_quantiles, kendall_tau
+from model.evaluation.metrics import (
+    conformal_quantiles,
+    kendall_tau,
+    normalized_conformal,
+)
 from model.packing import pack
 from model.predictor import OOD_K, Predictor, knn_score, weights_digest
 from model.sne import SNE
-from model.training.examples import Example, load_examples, predict_examples, sample_chunks
-from model.training.lir import lir_penalty
+from model.training.examples import Example, OnBad, load_split, predict_examples, sample_chunks
+from model.training.guards import (
+    ResumeMode,
+    TrainError,
+    calibratable,
+    check_calibration,
+    check_resume,
+    ood_check,
+    quality_report,
+)
+from model.training.lir import lir_coverage, lir_penalty
 from model.training.resume import load_resume, save_resume
 
 
@@ -57,6 +72,7 @@ class TrainOptions:
     seed: int = 0
     device: str = "cpu"
     name: str | None = None
+    on_bad_checkpoint: OnBad = "fail"  # a checkpoint that cannot be read: stop with the list, or skip it
 
 
 COLLAPSE_STD = 1e-3  # val predictions spread less than this: the model predicts a constant
@@ -103,27 +119,39 @@ def save_curves(history: list[dict], path: Path) -> None:
 # ------------------------------------------------------------------------------------------ training
 
 
-def train(zoo_dirs: Sequence[Path], out_dir: Path, opts: TrainOptions, progress: bool = True) -> Predictor:
-    """Train SNE on the zoos' train split, select on val Kendall τ, calibrate on val, save a predictor."""
+def train(
+    sources: Sequence[Path], out_dir: Path, opts: TrainOptions, progress: bool = True, resume: ResumeMode = "check",
+) -> Predictor:
+    """Train SNE on the sources' train split, select on val Kendall τ, calibrate on val, save a predictor.
+
+    Raises ``LabelError``/``TrainError`` (one line each) for bad labels, unreadable checkpoints, too few
+    validation checkpoints, or a resumed run with other settings (``resume``: check, keep, restart)."""
     t0 = time.time()
+    zoo_dirs = [Path(z).resolve() for z in sources]
+    opts = requested = check_resume(out_dir / "resume", opts, resume)
     cfg = get_config(opts.config)
     torch.manual_seed(opts.seed)
     random.seed(opts.seed)
-    zoo_dirs = [Path(z) for z in zoo_dirs]
-    train_set = load_examples(zoo_dirs, "train", cfg.chunk_size, opts.max_train, opts.seed)
-    val_set = load_examples(zoo_dirs, "val", cfg.chunk_size, opts.max_eval, opts.seed)
-    if not train_set or not val_set:
-        raise ValueError(f"zoos {zoo_dirs} have no train or no val checkpoints")
+    tr = load_split(zoo_dirs, "train", cfg.chunk_size, opts.max_train, opts.seed, opts.on_bad_checkpoint, progress)
+    va = load_split(zoo_dirs, "val", cfg.chunk_size, opts.max_eval, opts.seed, opts.on_bad_checkpoint, progress)
+    train_set, val_set = tr.examples, va.examples
+    if not train_set:
+        raise TrainError(f"no readable train checkpoints in {', '.join(map(str, zoo_dirs))}")
+    check_calibration(len(val_set), zoo_dirs)
+    if any(e.gap is None for e in train_set + val_set):
+        opts = replace(opts, gap_weight=0.0)  # the labels give no gap for some checkpoints: no gap head trained
     model = SNE(cfg)
     model.fit_stats(torch.stack([ch.stats for e in train_set for layer in e.layers for _, ch in layer.parts]))
     model.to(opts.device)
     opt = torch.optim.AdamW(model.parameters(), lr=opts.lr, weight_decay=opts.weight_decay)
     resume_dir = out_dir / "resume"
     info = load_resume(resume_dir, model, opt) or {"epoch": 0, "best_tau": -2.0, "history": []}
+    info["options"] = asdict(requested)
+    info["unreadable"] = tr.bad + va.bad
     best = load_file(resume_dir / "best.safetensors") if (resume_dir / "best.safetensors").exists() else None
     gen = torch.Generator().manual_seed(opts.seed)
     y = torch.tensor([e.acc for e in train_set])
-    g = torch.tensor([e.gap for e in train_set])
+    g = torch.tensor([0.0 if e.gap is None else e.gap for e in train_set])
     steps = -(-len(train_set) // opts.batch_size)
     val_true = np.array([e.acc for e in val_set])
     with Progress(disable=not progress, transient=False) as bar:
@@ -190,10 +218,14 @@ def finalize(
     val = predict_examples(model, val_set)
     tr = predict_examples(model, train_set[:2000])
     true_acc = np.array([e.acc for e in val_set])
-    true_gap = np.array([e.gap for e in val_set])
+    has_gap = opts.gap_weight > 0 and all(e.gap is not None for e in train_set + val_set)
+    true_gap = np.array([e.gap or 0.0 for e in val_set])
     reference = tr["emb"]
-    # OOD: kNN distance of val embeddings to the training zoo; the flag fires beyond its 99th percentile.
-    val_scores = knn_score(val["emb"], reference).numpy()
+    # OOD: kNN distance to the training embeddings; checked on val and on the training split itself.
+    ood = ood_check(knn_score(val["emb"], reference).numpy(), knn_score(tr["emb"], reference).numpy())
+    quality = quality_report(
+        val["acc"], true_acc, [e.state for e in train_set], [e.acc for e in train_set], [e.state for e in val_set], opts.seed,
+    )
     datasets = sorted({e.dataset for e in train_set})
     archs = sorted({e.arch for e in train_set})
     name = opts.name or f"sne-{model.cfg.name}-{'+'.join(archs)}-{'+'.join(datasets)}"
@@ -203,22 +235,33 @@ def finalize(
         "trained": True,
         "created": date.today().isoformat(),
         "config": model.cfg.model_dump(),
-        "predicts_gap": True,
-        "zoo": {"dirs": [str(z) for z in zoo_dirs], "archs": archs, "datasets": datasets, **_zoo_meta(zoo_dirs)},
-        "splits": {"by": "run_id", "train": len(train_set), "val": len(val_set)},
+        "predicts_gap": has_gap,
+        "zoo": {"dirs": [str(Path(z).resolve()) for z in zoo_dirs], "archs": archs, "datasets": datasets, **_zoo_meta(zoo_dirs)},
+        "splits": {"by": "run", "train": len(train_set), "val": len(val_set)},
+        "unreadable_checkpoints": info.get("unreadable", []),
+        "lir": {"weight": opts.lir_weight, **lir_coverage(train_set)},
+        "quality": quality,
+        "warnings": quality["warnings"],
         "training": {
             **asdict(opts), "seconds": round(seconds, 1), "best_epoch": info.get("best_epoch"),
             "val_kendall_tau": info.get("best_tau"), "history": info.get("history", []),
         },
-        "metrics": {"val": {"kendall_tau": kendall_tau(val["acc"], true_acc), "gap_kendall_tau": kendall_tau(val["gap"], true_gap)}},
+        "metrics": {"val": {
+            "kendall_tau": kendall_tau(val["acc"], true_acc), "pooled_kendall_tau": quality["kendall_tau"]["pooled"],
+            **({"gap_kendall_tau": kendall_tau(val["gap"], true_gap)} if has_gap else {}),
+        }},
         "conformal": {
             "method": "split conformal, absolute residuals on the val split",
             "n_calibration": len(val_set),
-            "accuracy": conformal_quantiles(np.abs(val["acc"] - true_acc)),
-            "gap": conformal_quantiles(np.abs(val["gap"] - true_gap)),
+            "accuracy": conformal_quantiles(np.abs(val["acc"] - true_acc), calibratable(len(val_set))),
+            "gap": conformal_quantiles(np.abs(val["gap"] - true_gap), calibratable(len(val_set))) if has_gap else {},
+            "normalized": normalized_conformal(  # sharper intervals at the same coverage (issue 9)
+                reference.numpy(), tr["acc"] - np.array([e.acc for e in train_set[:2000]]),
+                val["emb"].numpy(), val["acc"] - true_acc, calibratable(len(val_set)),
+            ),
         },
-        "ood": {"method": f"mean distance to the {OOD_K} nearest training embeddings", "k": OOD_K,
-                "threshold": float(np.quantile(val_scores, 0.99)), "quantile": 0.99, "n_reference": int(reference.shape[0])},
+        "ood": {"method": f"mean distance to the {OOD_K} nearest training embeddings", "k": OOD_K, "quantile": 0.99,
+                "n_reference": int(reference.shape[0]), **ood},
     }
     return Predictor(model, card, reference)
 

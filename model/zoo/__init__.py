@@ -4,9 +4,12 @@ Submodules, one job each: ``space`` (hyperparameters, split, ids), ``archs`` and
 trained on what), ``engine`` (init, batched forward, per-model gradients), ``optim`` (stacked
 optimizers), ``evaluate`` (per-model accuracy), ``group`` (training one group), ``index`` (files on disk,
 resume), ``generate`` (the whole zoo), ``permute`` (function-preserving hidden-unit permutations).
+Families beyond the paper's CNNs (issue 9): ``families`` (MLPs, BatchNorm ResNets, transformers with sampled
+depth/width and their batched forwards), ``sequences`` (the transformer's task), ``family_zoo`` (their zoos).
 """
 
+from model.zoo.family_zoo import generate_family_zoo
 from model.zoo.generate import ZooSummary, generate_zoo
 from model.zoo.index import load_index, load_zoo_checkpoint
 
-__all__ = ["ZooSummary", "generate_zoo", "load_index", "load_zoo_checkpoint"]
+__all__ = ["ZooSummary", "generate_family_zoo", "generate_zoo", "load_index", "load_zoo_checkpoint"]

@@ -213,10 +213,13 @@ ARCH_SPECS: dict[str, ArchSpec] = {
 
 def get_spec(name: str) -> ArchSpec:
     """Hidden-unit chain of a registered architecture."""
-    try:
+    if name.lower() in ARCH_SPECS:
         return ARCH_SPECS[name.lower()]
-    except KeyError:
-        raise ValueError(f"unknown architecture {name!r}; choose from {sorted(ARCHS)}") from None
+    if name.lower().startswith("mlp-"):  # MLP variants of the family zoos (model.zoo.families)
+        from model.zoo.families import get_variant, mlp_spec
+
+        return mlp_spec(get_variant(name.lower()))
+    raise ValueError(f"unknown architecture {name!r}; choose from {sorted(ARCHS)}")
 
 
 def build_arch(name: str, **kw: object) -> nn.Module:

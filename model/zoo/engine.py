@@ -25,29 +25,33 @@ from model.zoo.space import HParams
 ENGINES: tuple[str, ...] = ("grouped", "vmap")
 
 
+def init_weight_(w: Tensor, hp: HParams, generator: torch.Generator) -> None:
+    """Fill one conv/linear weight in place with ``hp.init`` scaled by ``hp.init_scale``."""
+    s = hp.init_scale
+    if hp.init == "xavier_normal":
+        nn.init.xavier_normal_(w, gain=s, generator=generator)
+    elif hp.init == "xavier_uniform":
+        nn.init.xavier_uniform_(w, gain=s, generator=generator)
+    elif hp.init in ("he_normal", "he_uniform"):
+        fill = nn.init.kaiming_normal_ if hp.init == "he_normal" else nn.init.kaiming_uniform_
+        fill(w, nonlinearity="relu", generator=generator)
+        w.mul_(s)
+    elif hp.init == "orthogonal":
+        nn.init.orthogonal_(w, gain=s, generator=generator)
+    elif hp.init == "normal":
+        nn.init.normal_(w, std=s, generator=generator)
+    elif hp.init == "trunc_normal":
+        nn.init.trunc_normal_(w, std=s, a=-2 * s, b=2 * s, generator=generator)
+    else:
+        raise ValueError(f"unknown init {hp.init!r}")
+
+
 def init_state(arch: str, hp: HParams, in_channels: int, n_classes: int, generator: torch.Generator) -> dict[str, Tensor]:
     """Initial state_dict of one run: ``hp.init`` for conv/linear weights, zero biases (Keras-like)."""
     module = build_arch(arch, in_channels=in_channels, n_classes=n_classes, activation=hp.activation)
     state = {k: v.detach().clone() for k, v in module.state_dict().items()}
-    s = hp.init_scale
     for layer in get_spec(arch).layers:
-        w = state[layer.weight]
-        if hp.init == "xavier_normal":
-            nn.init.xavier_normal_(w, gain=s, generator=generator)
-        elif hp.init == "xavier_uniform":
-            nn.init.xavier_uniform_(w, gain=s, generator=generator)
-        elif hp.init in ("he_normal", "he_uniform"):
-            fill = nn.init.kaiming_normal_ if hp.init == "he_normal" else nn.init.kaiming_uniform_
-            fill(w, nonlinearity="relu", generator=generator)
-            w.mul_(s)
-        elif hp.init == "orthogonal":
-            nn.init.orthogonal_(w, gain=s, generator=generator)
-        elif hp.init == "normal":
-            nn.init.normal_(w, std=s, generator=generator)
-        elif hp.init == "trunc_normal":
-            nn.init.trunc_normal_(w, std=s, a=-2 * s, b=2 * s, generator=generator)
-        else:
-            raise ValueError(f"unknown init {hp.init!r}")
+        init_weight_(state[layer.weight], hp, generator)
         state[layer.bias].zero_()
     return state
 

@@ -138,7 +138,10 @@ def done_runs(out_dir: Path) -> set[int]:
 
 def save_checkpoint(path: Path, state: dict[str, Tensor], arch: str, dataset: str, epoch: int, run_id: int) -> None:
     """Write one zoo checkpoint atomically (temp file, then rename), with its provenance as metadata."""
-    tensors = {k: v.detach().to(torch.float32).clone().contiguous() for k, v in state.items()}
+    tensors = {  # integer buffers (BatchNorm's num_batches_tracked) keep their dtype
+        k: (v.detach().to(torch.float32) if v.is_floating_point() else v.detach()).clone().contiguous()
+        for k, v in state.items()
+    }
     meta = {"arch": arch, "dataset": dataset, "epoch": str(epoch), "run_id": str(run_id), "format": "pt"}
     tmp = path.with_suffix(".tmp")
     save_file(tensors, str(tmp), metadata=meta)

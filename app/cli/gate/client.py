@@ -106,8 +106,10 @@ def gate_remote(
     retries: int = DEFAULT_RETRIES,
     sleep: Callable[[float], None] = time.sleep,
     client: Any = None,
+    predictor: str | None = None,
 ) -> list[Verdict]:
-    """Verdicts from a running service: one `POST {url}/v1/encode` per file (raw octet-stream body).
+    """Verdicts from a running service: one `POST {url}/v1/encode` per file (raw octet-stream body), with
+    `?predictor=` when a predictor is named (an unknown one is a 404, so exit 2).
 
     A 503 is retried up to `retries` times, waiting as its Retry-After says (capped at MAX_RETRY_WAIT).
     When the service cannot be reached at all, the remaining files are marked unreachable without
@@ -118,6 +120,7 @@ def gate_remote(
     endpoint = url.rstrip("/") + "/v1/encode"
     retries = max(0, int(retries))
     headers = {"Content-Type": "application/octet-stream", "Accept": "application/json"}
+    params = {"predictor": predictor} if predictor else {}
     if api_key:
         headers["X-API-Key"] = api_key
     own = client is None
@@ -138,7 +141,7 @@ def gate_remote(
                 continue
             for attempt in range(retries + 1):
                 try:
-                    resp = client.post(endpoint, content=data, headers=headers)
+                    resp = client.post(endpoint, content=data, headers=headers, params=params)
                 except httpx.ConnectError as e:
                     unreachable = f"service unreachable at {url}: {e}"
                     verdict = error_verdict(name, "unreachable", unreachable, sha256=sha)

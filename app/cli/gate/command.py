@@ -50,8 +50,9 @@ def gate_command(
     local: Annotated[bool, typer.Option(
         "--local", help="Encode in-process with the predictor instead of calling the service.",
     )] = False,
-    predictor: Annotated[Path | None, typer.Option(
-        "--predictor", envvar="SNE_PREDICTOR_PATH", help="Predictor directory for --local (default: the shipped one).",
+    predictor: Annotated[str | None, typer.Option(
+        "--predictor", help="Predictor to gate with: a name the service serves (sent as ?predictor=), or with "
+        "--local a directory or a predictor of $SNE_PREDICTORS_DIR (default: the default predictor).",
     )] = None,
     use_lower_bound: Annotated[bool, typer.Option(
         "--use-lower-bound", help="Gate on the conformal interval's lower bound instead of the point prediction.",
@@ -67,7 +68,8 @@ def gate_command(
     """Gate checkpoints on predicted accuracy: exit 0 all pass, 1 any fails, 2 error.
 
     Each FILE goes to a running service (--url; API key from $SNE_API_KEY)
-    or, with --local, to the same predictor in-process. A file passes when
+    or, with --local, to the same predictor in-process; --predictor NAME
+    picks one of several (GET /v1/predictors lists them). A file passes when
     its predicted accuracy (with --use-lower-bound: the conformal interval's
     lower bound) is >= --min-accuracy. With --fail-on-ood, a checkpoint
     flagged out of distribution fails whatever its prediction.
@@ -95,8 +97,12 @@ def gate_command(
         fail("no files to gate")
 
     if local:
+        from app.predictors import find_local
+        from app.settings import Settings
+
         try:
-            verdicts = gate_local(files, predictor, min_accuracy=min_accuracy, use_lower_bound=use_lower_bound, fail_on_ood=fail_on_ood)
+            verdicts = gate_local(files, find_local(predictor, Settings()), min_accuracy=min_accuracy,
+                                  use_lower_bound=use_lower_bound, fail_on_ood=fail_on_ood)
         # a predictor missing or corrupt (whatever its loader raises) is an outage, not a rejection
         except Exception as e:  # noqa: BLE001
             msg = f"cannot load the predictor {predictor or '(default)'}: {type(e).__name__}: {e}"
@@ -104,7 +110,7 @@ def gate_command(
     else:
         key = os.environ.get(API_KEY_ENV) or None
         verdicts = gate_remote(files, url, key, min_accuracy=min_accuracy, use_lower_bound=use_lower_bound,
-                               fail_on_ood=fail_on_ood, timeout=timeout)
+                               fail_on_ood=fail_on_ood, timeout=timeout, predictor=predictor)
 
     code = exit_code(verdicts)
     warnings = warnings_for(verdicts, fail_on_ood)

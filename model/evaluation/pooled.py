@@ -1,0 +1,83 @@
+"""The architecture-agnostic statistics baseline: per-layer statistics tokens, pooled to one fixed-length vector.
+
+Each linear/conv/norm layer becomes a token of statistics of its weight and bias (log-std, mean/std,
+standardised quantiles, kurtosis, log spectral norm and stable rank of the weight) plus its type, log fan-in,
+log fan-out and relative depth. The network is the first layer's token, the last layer's, the mean and the max
+over the layers between them, and the layer count: the same length for any architecture, so one
+gradient-boosted model (``baselines.StatNN``'s regressor) ranks MLPs, CNNs and mixtures of widths alike.
+SNE earns its place only by beating this (issue 9).
+"""
+from __future__ import annotations
+
+import warnings
+from collections.abc import Mapping
+
+import numpy as np
+import torch
+
+from model.checkpoint import LayerKind, checkpoint_from_tensors
+
+__all__ = ["N_POOLED", "TOKEN_NAMES", "layer_tokens", "pooled_features"]
+
+_Q = torch.tensor([0.05, 0.25, 0.5, 0.75, 0.95], dtype=torch.float64)
+_PART = ("log_std", "mean_over_std", "q05", "q25", "q50", "q75", "q95", "kurtosis")
+TOKEN_NAMES: tuple[str, ...] = (
+    *(f"w_{s}" for s in _PART), "w_log_spectral", "w_stable_rank", *(f"b_{s}" for s in _PART),
+    "kind", "log_fan_in", "log_fan_out", "rel_depth",
+)
+N_POOLED = 4 * len(TOKEN_NAMES) + 1
+_KINDS = {k: i for i, k in enumerate(LayerKind)}
+_MAX_SAMPLE = 65_536  # quantiles of larger tensors from an evenly spaced subsample
+
+
+def _part_stats(t: torch.Tensor | None) -> list[float]:
+    if t is None or t.numel() < 2:
+        return [float("nan")] * len(_PART)
+    x = t.detach().reshape(-1).to(torch.float64)
+    std = x.std()
+    if not torch.isfinite(std) or std == 0:
+        return [float("nan")] * len(_PART)
+    z = (x - x.mean()) / std
+    zs = z[:: max(1, z.numel() // _MAX_SAMPLE)]
+    return [float(std.log()), float(x.mean() / std), *torch.quantile(zs, _Q).tolist(), float((z**4).mean())]
+
+
+def _spectral(w: torch.Tensor | None) -> list[float]:
+    if w is None or w.dim() < 2:
+        return [float("nan"), float("nan")]
+    m = w.detach().reshape(w.shape[0], -1).to(torch.float32)  # [out, in * kernel]
+    if min(m.shape) > 512:
+        m = m[:512, :512]  # a bounded block: the baseline must stay cheap on large layers
+    s = torch.linalg.svdvals(m)  # [min(out, in)]
+    top = float(s[0])
+    if not np.isfinite(top) or top <= 0:
+        return [float("nan"), float("nan")]
+    return [float(np.log(top)), float((s**2).sum() / top**2)]
+
+
+def layer_tokens(state: Mapping[str, torch.Tensor]) -> np.ndarray:
+    """One statistics token per layer, in the checkpoint's layer order: ``[n_layers, len(TOKEN_NAMES)]``."""
+    layers = [layer for layer in checkpoint_from_tensors(dict(state)).layers if layer.weight is not None]
+    if not layers:
+        raise ValueError("checkpoint has no weight layers")
+    rows = []
+    for i, layer in enumerate(layers):
+        w = layer.weight
+        assert w is not None
+        fan_out, fan_in = (w.shape[0], w[0].numel()) if w.dim() >= 2 else (w.numel(), 1)
+        rows.append([
+            *_part_stats(w), *_spectral(w), *_part_stats(layer.bias), float(_KINDS[layer.kind]),
+            float(np.log(fan_in)), float(np.log(fan_out)), i / max(1, len(layers) - 1),
+        ])
+    return np.asarray(rows, dtype=np.float64)
+
+
+def pooled_features(state: Mapping[str, torch.Tensor]) -> np.ndarray:
+    """First token, last token, mean and max over the middle tokens (NaN when there are none), layer count."""
+    tok = layer_tokens(state)
+    middle = tok[1:-1]
+    with warnings.catch_warnings():  # all-NaN columns (no bias anywhere) stay NaN: missing for the trees
+        warnings.simplefilter("ignore", RuntimeWarning)
+        mean = np.nanmean(middle, 0) if len(middle) else np.full(tok.shape[1], np.nan)
+        mx = np.nanmax(middle, 0) if len(middle) else np.full(tok.shape[1], np.nan)
+    return np.concatenate([tok[0], tok[-1], mean, mx, [float(len(tok))]])

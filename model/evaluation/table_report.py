@@ -1,0 +1,48 @@
+"""The evaluation table as markdown (``model.evaluation.table``): tau with 95 % intervals, intervals, OOD."""
+from __future__ import annotations
+
+from typing import Any
+
+NAMES = {
+    "sne": "SNE", "sne_chunks": "SNE chunks-only", "statset": "stats set model",
+    "pooled": "pooled-stats GBM", "statnn": "STATNN", "mlp": "MLP",
+}
+
+
+def _tau(t: float | None, ci: list[float] | None) -> str:
+    if t is None:
+        return "n/a"
+    return f"{t:.3f} [{ci[0]:.2f}, {ci[1]:.2f}]" if ci else f"{t:.3f}"
+
+
+def _f(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.3f}"
+
+
+def table_markdown(results: dict[str, Any]) -> str:
+    """Mean tau per evaluation and method (95 % bootstrap interval by run), then per pair, then intervals/OOD."""
+    methods = [m for m in NAMES if any(results["kendall_tau"][k].get(m) is not None for k in results["kendall_tau"])]
+    head = "| evaluation (mean τ [95 % CI]) | " + " | ".join(NAMES[m] for m in methods) + " |"
+    lines = [head, "|---" * (len(methods) + 1) + "|"]
+    for k, taus in results["kendall_tau"].items():
+        if all(taus.get(m) is None for m in methods):
+            continue
+        ci = results["kendall_tau_ci95"][k]
+        lines.append(f"| {k} | " + " | ".join(_tau(taus.get(m), ci.get(m)) for m in methods) + " |")
+    lines += ["", "| train → test | kind | n (runs) | " + " | ".join(NAMES[m] for m in methods) + " |",
+              "|---|---|---" + "|---" * len(methods) + "|"]
+    for r in results["pairs"]:
+        cells = " | ".join(_tau(r["tau"].get(m), r["tau_ci95"].get(m)) for m in methods)
+        lines.append(f"| {r['train']} → {r['test']} | {r['kind']} | {r['n_test']} ({r['n_runs']}) | {cells} |")
+    rows = [(k, m, v) for k, per in results["intervals"].items() for m, v in per.items()]
+    if rows:
+        lines += ["", ("| evaluation | predictor | 90 % coverage | mean width | normalised coverage | normalised width "
+                  "| OOD flag rate |"), "|---|---|---|---|---|---|---|"]
+        for k, m, v in rows:
+            lines.append(f"| {k} | {NAMES[m]} | {_f(v['coverage'])} | {_f(v['width'])} | {_f(v['coverage_normalized'])} "
+                         f"| {_f(v['width_normalized'])} | {_f(v['ood_flag_rate'])} |")
+        lines += ["", "| test split | kind | predictor | OOD flag rate |", "|---|---|---|---|"]
+        for r in results["pairs"]:
+            for m, v in r["intervals"].items():
+                lines.append(f"| {r['test']} | {r['kind']} | {NAMES[m]} | {_f(v['ood_flag_rate'])} |")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,99 @@
+"""Bootstrap intervals on tau (by run) and normalised conformal intervals, on synthetic data with known truth."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from model.evaluation.metrics import (
+    Difficulty,
+    bootstrap_tau,
+    conformal_quantile,
+    coverage,
+    interval,
+    mean_width,
+    normalized_conformal,
+    normalized_interval,
+)
+
+
+def _bivariate(n: int, rho: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    x = rng.normal(size=n)
+    return x, rho * x + math.sqrt(1 - rho**2) * rng.normal(size=n)
+
+
+def test_bootstrap_tau_covers_population_tau() -> None:
+    # bivariate normal: population tau = 2/pi * arcsin(rho); the 95 % interval must hold it ~95 % of the time
+    rng, rho = np.random.default_rng(0), 0.6
+    truth = 2 / math.pi * math.asin(rho)
+    hits = []
+    for i in range(80):
+        p, t = _bivariate(60, rho, rng)
+        tau, lo, hi = bootstrap_tau(p, t, list(range(60)), n_boot=300, seed=i)
+        assert lo <= tau <= hi
+        hits.append(lo <= truth <= hi)
+    assert 0.85 <= np.mean(hits) <= 1.0  # nominal 0.95; binomial sd 0.024 over 80 datasets
+
+
+def test_bootstrap_resamples_runs_not_checkpoints() -> None:
+    # 40 runs with 5 identical checkpoints each carry the information of 40 points, not 200
+    rng = np.random.default_rng(1)
+    p, t = _bivariate(40, 0.5, rng)
+    p5, t5 = np.repeat(p, 5), np.repeat(t, 5)
+    _, lo_run, hi_run = bootstrap_tau(p5, t5, np.repeat(np.arange(40), 5).tolist(), n_boot=400)
+    _, lo_ckpt, hi_ckpt = bootstrap_tau(p5, t5, list(range(200)), n_boot=400)
+    assert hi_run - lo_run > 1.6 * (hi_ckpt - lo_ckpt)
+    with pytest.raises(ValueError, match="length"):
+        bootstrap_tau(p, t, [0, 1])
+
+
+def _heteroscedastic(n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Embeddings in [0,1]^3; residual scale grows 20x along the first axis; returns emb, pred, true, scale."""
+    emb = rng.uniform(size=(n, 3))
+    scale = 0.01 + 0.2 * emb[:, 0] ** 2
+    pred = rng.uniform(0.2, 0.8, size=n)
+    return emb, pred, pred + scale * rng.normal(size=n), scale
+
+
+def test_normalized_conformal_coverage_and_width() -> None:
+    rng = np.random.default_rng(2)
+    ref_e, ref_p, ref_t, _ = _heteroscedastic(3000, rng)
+    cal_e, cal_p, cal_t, _ = _heteroscedastic(3000, rng)
+    te_e, te_p, te_t, te_scale = _heteroscedastic(20000, rng)
+    sigma = Difficulty.fit(ref_e, ref_t - ref_p, k=30)
+    q = conformal_quantile(np.abs(cal_t - cal_p) / sigma(cal_e), 0.1)
+    lo, hi = normalized_interval(te_p, sigma(te_e), q)
+    cov = coverage(te_t, lo, hi)
+    assert abs(cov - 0.90) < 0.02  # calibration n = 3000: sd of the coverage ~0.006
+    q_const = conformal_quantile(np.abs(cal_t - cal_p), 0.1)
+    lo_c, hi_c = interval(te_p, q_const)
+    assert abs(coverage(te_t, lo_c, hi_c) - 0.90) < 0.02
+    assert mean_width(lo, hi) < 0.8 * mean_width(lo_c, hi_c)
+    # and coverage holds where it is easy and where it is hard (constant intervals over-/under-cover there)
+    easy, hard = te_scale < np.quantile(te_scale, 0.3), te_scale > np.quantile(te_scale, 0.7)
+    for part in (easy, hard):
+        assert abs(coverage(te_t[part], lo[part], hi[part]) - 0.90) < 0.05
+    assert coverage(te_t[easy], lo_c[easy], hi_c[easy]) > 0.99
+    assert coverage(te_t[hard], lo_c[hard], hi_c[hard]) < 0.80
+
+
+def test_difficulty_floor_and_validation() -> None:
+    sigma = Difficulty.fit(np.eye(4), np.zeros(4), k=2)
+    assert np.all(sigma(np.eye(4)) >= 1e-3)
+    with pytest.raises(ValueError, match="do not match"):
+        Difficulty.fit(np.eye(4), np.zeros(3))
+    with pytest.raises(ValueError, match="sigma"):
+        normalized_interval([0.5], [0.0], 1.0)
+    lo, hi = normalized_interval([0.5], [0.1], math.inf)
+    assert (lo[0], hi[0]) == (0.0, 1.0)
+
+
+def test_normalized_conformal_card_section() -> None:
+    rng = np.random.default_rng(3)
+    ref_e, ref_p, ref_t, _ = _heteroscedastic(500, rng)
+    cal_e, cal_p, cal_t, _ = _heteroscedastic(300, rng)
+    section = normalized_conformal(ref_e, ref_t - ref_p, cal_e, cal_t - cal_p, (0.1, 0.2), k=15)
+    assert section["k"] == 15 and set(section["accuracy"]) == {"0.90", "0.80"}  # type: ignore[arg-type]
+    q = section["accuracy"]  # type: ignore[index]
+    assert 0 < q["0.80"] < q["0.90"] < math.inf

@@ -1,0 +1,70 @@
+"""The evaluation table on a tiny run: every method on the same splits, kinds, CIs by run, intervals, OOD."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from model.evaluation.table import KINDS, METHODS, evaluate_table
+from model.zoo import generate_zoo, load_index
+from model.zoo.family_zoo import generate_family_zoo
+from tests.conftest import make_predictor_dir
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, Path, Path]:
+    torch.set_num_threads(1)
+    root = tmp_path_factory.mktemp("table")
+    arch1 = root / "arch1-digits"
+    generate_zoo(arch1, arch="arch1", dataset="digits", n_runs=20, seed=0, save_epochs=(0, 1, 2), group_size=20,
+                 progress=False)
+    mlp = root / "mlp-digits"
+    generate_family_zoo(mlp, "mlp", n_runs=10, seed=0, save_epochs=(0, 1, 2))
+    pdir = make_predictor_dir(root / "predictor")
+    results = evaluate_table([arch1], [arch1, mlp], root / "out", {"sne": pdir}, n_boot=50, statset_epochs=3)
+    return results, root / "out", mlp
+
+
+def test_table_shape_kinds_and_card_keys(tiny_run: tuple[dict, Path, Path]) -> None:
+    results, out, _ = tiny_run
+    assert set(results["kendall_tau"]) == set(KINDS)
+    for k in KINDS:
+        assert set(results["kendall_tau"][k]) == set(METHODS)
+    kinds = [r["kind"] for r in results["pairs"]]
+    assert kinds == ["in_distribution", "cross_arch"]
+    ind, cross = results["kendall_tau"]["in_distribution"], results["kendall_tau"]["cross_arch"]
+    assert all(ind[m] is not None for m in ("sne", "statset", "pooled", "statnn", "mlp"))
+    assert ind["sne_chunks"] is None  # no chunks-only predictor given
+    assert cross["statnn"] is None and cross["mlp"] is None  # fixed-architecture baselines: n/a, not a crash
+    assert cross["pooled"] is not None and cross["statset"] is not None
+    assert results["kendall_tau"]["cross_dataset"]["sne"] is None  # no such pair
+    on_disk = json.loads((out / "table.json").read_text())
+    assert on_disk["kendall_tau"] == results["kendall_tau"]
+    md = (out / "table.md").read_text()
+    assert "pooled-stats GBM" in md and "arch1/digits → mlp/digits" in md and "OOD flag rate" in md
+
+
+def test_table_bootstraps_by_run_and_one_pair_kind_equals_its_pair(tiny_run: tuple[dict, Path, Path]) -> None:
+    results, _, mlp = tiny_run
+    cross = results["pairs"][1]
+    test_rows = [r for r in load_index(mlp) if r["split"] == "test"]
+    assert cross["n_test"] == len(test_rows) and cross["n_runs"] == len({r["run_id"] for r in test_rows})
+    assert cross["n_runs"] < cross["n_test"]  # several epochs per run: the resampling unit is the run
+    for m, ci in cross["tau_ci95"].items():
+        if ci is not None:
+            assert ci[0] <= ci[1]
+            assert results["kendall_tau_ci95"]["cross_arch"][m] == pytest.approx(ci)  # one pair: same interval
+
+
+def test_table_intervals_and_ood(tiny_run: tuple[dict, Path, Path]) -> None:
+    results, _, _ = tiny_run
+    for r in results["pairs"]:
+        v = r["intervals"]["sne"]
+        for key in ("coverage", "width", "coverage_normalized", "width_normalized", "ood_flag_rate"):
+            assert 0.0 <= v[key] <= 1.0
+        assert v["width"] == pytest.approx(0.1, abs=0.02)  # the fixture card's half-width 0.05 (clipped at 0, 1)
+    # the fixture's OOD reference is 5 small CNNs: Arch1 CNNs sit near them, the MLP family far away
+    in_dist, cross = (r["intervals"]["sne"]["ood_flag_rate"] for r in results["pairs"])
+    assert cross - in_dist > 0.5
