@@ -16,7 +16,7 @@ import torch
 from rich.progress import Progress
 
 from model.admission import Limits
-from model.checkpoint import CheckpointFile, checkpoint_from_tensors
+from model.checkpoint import TORCH_DTYPES, CheckpointFile, checkpoint_from_tensors
 from model.chunking import ChunkedLayer, Chunks, chunk_checkpoint
 from model.errors import CheckpointError
 from model.labels import Label, LabelError, read_labels
@@ -69,9 +69,10 @@ class Loaded:
 
 
 def read_state(path: Path) -> dict[str, torch.Tensor]:
-    """Every tensor of a (small, labelled) checkpoint as an owned tensor, read through the bounded reader."""
+    """Every float tensor of a (small, labelled) checkpoint as an owned tensor, read through the bounded reader
+    (integer buffers such as `num_batches_tracked` are neither encoded nor permuted)."""
     with CheckpointFile(path, Limits.unbudgeted()) as f:
-        return {name: f.tensor(ref).clone() for name, ref in f.header.tensors.items()}
+        return {name: f.tensor(ref).clone() for name, ref in f.header.tensors.items() if ref.dtype in TORCH_DTYPES}
 
 
 def _example(lab: Label, chunk_size: int) -> Example:
