@@ -43,6 +43,7 @@ from model.training.guards import (
 )
 from model.training.lir import lir_coverage, lir_penalty
 from model.training.resume import load_resume, save_resume
+from model.zoo.families import family_of
 
 
 @dataclass
@@ -174,7 +175,8 @@ def finalize(
         "created": date.today().isoformat(),
         "config": model.cfg.model_dump(),
         "predicts_gap": has_gap,
-        "zoo": {"dirs": [str(Path(z).resolve()) for z in zoo_dirs], "archs": archs, "datasets": datasets, **_zoo_meta(zoo_dirs)},
+        "zoo": {"dirs": [str(Path(z).resolve()) for z in zoo_dirs], "archs": archs, "datasets": datasets,
+                "families": sorted({family_of(a) for a in archs}), **_zoo_meta(zoo_dirs)},
         "splits": {"by": "run", "train": len(train_set), "val": len(val_set)},
         "unreadable_checkpoints": info.get("unreadable", []),
         "lir": {"weight": opts.lir_weight, **lir_coverage(train_set)},
