@@ -154,10 +154,15 @@ def knn_score(emb: torch.Tensor, reference: torch.Tensor, k: int = OOD_K) -> tor
 class Predictor:
     """SNE weights plus what the service needs to answer honestly about them."""
 
-    def __init__(self, model: SNE, card: PredictorCard | dict, reference: torch.Tensor | None = None) -> None:
+    def __init__(
+        self, model: SNE, card: PredictorCard | dict, reference: torch.Tensor | None = None,
+        residuals: torch.Tensor | None = None,
+    ) -> None:
         self.model = model.eval()
         self.card = card if isinstance(card, PredictorCard) else PredictorCard.model_validate(card)
         self.reference = reference
+        self.residuals = residuals  # [n_reference] |true - pred| of the reference rows: normalised intervals
+        self._difficulty: Any = None
         self.device = torch.device("cpu")
 
     # ----------------------------------------------------------------------------------- identity
@@ -190,8 +195,9 @@ class Predictor:
         model = SNE(card.config)
         model.load_state_dict(load_file(path / "model.safetensors"))
         ref_path = path / "reference.safetensors"
-        reference = load_file(ref_path)["embeddings"].float() if ref_path.exists() else None
-        return cls(model, card, reference)
+        ref = load_file(ref_path) if ref_path.exists() else {}
+        reference = ref["embeddings"].float() if "embeddings" in ref else None
+        return cls(model, card, reference, ref["residuals"].float() if "residuals" in ref else None)
 
     @classmethod
     def untrained(cls, config: str = "small", seed: int = 0) -> Predictor:
@@ -219,7 +225,10 @@ class Predictor:
         save_file({k: v.detach().cpu().contiguous() for k, v in self.model.state_dict().items()}, path / "model.safetensors")
         written = [path / "model.safetensors", path / "card.json"]
         if self.reference is not None:
-            save_file({"embeddings": self.reference.to(torch.float16).contiguous()}, path / "reference.safetensors")
+            ref = {"embeddings": self.reference.to(torch.float16).contiguous()}
+            if self.residuals is not None:
+                ref["residuals"] = self.residuals.float().contiguous()
+            save_file(ref, path / "reference.safetensors")
             written.append(path / "reference.safetensors")
         (path / "card.json").write_text(self.card.to_json())
         path.chmod(0o755)
@@ -247,6 +256,7 @@ class Predictor:
         acc = out.accuracy.float().cpu()  # [B]
         gap = out.gap.float().cpu() if self.card.predicts_gap else None  # [B]
         q = self.card.conformal.half_width(DEFAULT_LEVEL)
+        half = self._normalized_half_widths(emb)  # [B] or None: then the constant q
         threshold = self.card.ood.threshold
         score = knn_score(emb, self.reference).cpu() if self.reference is not None else None
         layers = out.layer_embeddings.float().cpu().numpy()  # [sum L, H] float32
@@ -254,7 +264,8 @@ class Predictor:
         for i in range(batch.n_checkpoints):
             a = float(acc[i])
             s = float(score[i]) if score is not None else None
-            lo, hi = (max(0.0, a - q), min(1.0, a + q)) if q is not None else (0.0, 1.0)
+            h = float(half[i]) if half is not None else q
+            lo, hi = (max(0.0, a - h), min(1.0, a + h)) if h is not None else (0.0, 1.0)
             start, n = int(batch.ckpt_start[i]), int(batch.ckpt_len[i])
             results.append(
                 Prediction(
@@ -270,6 +281,21 @@ class Predictor:
                 )
             )
         return results
+
+    def _normalized_half_widths(self, emb: torch.Tensor) -> np.ndarray | None:
+        """Per-checkpoint half-widths ``q * sigma(x)`` of the normalised conformal interval (card
+        ``conformal.normalized``), or None when the predictor was not calibrated that way."""
+        extra = self.card.conformal.model_extra or {}
+        norm = extra.get("normalized") or {}
+        q = (norm.get("accuracy") or {}).get(DEFAULT_LEVEL)
+        if q is None or self.reference is None or self.residuals is None:
+            return None
+        if self._difficulty is None:
+            # imported here: model.evaluation imports this module
+            from model.evaluation.metrics import Difficulty
+
+            self._difficulty = Difficulty.fit(self.reference.cpu().numpy(), self.residuals.cpu().numpy(), k=int(norm["k"]))
+        return float(q) * self._difficulty(emb.cpu().numpy())
 
     def predict(self, checkpoints: Sequence[Checkpoint], autocast: torch.dtype | None = None) -> list[Prediction]:
         """Predictions for parsed checkpoints, all in one packed forward."""

@@ -97,3 +97,35 @@ def test_normalized_conformal_card_section() -> None:
     assert section["k"] == 15 and set(section["accuracy"]) == {"0.90", "0.80"}  # type: ignore[arg-type]
     q = section["accuracy"]  # type: ignore[index]
     assert 0 < q["0.80"] < q["0.90"] < math.inf
+
+
+def test_predictor_serves_normalized_intervals(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """A predictor calibrated with normalised conformal answers q * sigma(x) per checkpoint, after a save/load."""
+    import torch
+
+    from model.checkpoint import load_checkpoint
+    from model.predictor import DEFAULT_LEVEL, Predictor
+    from tests.conftest import ckpt_bytes
+
+    torch.set_num_threads(1)
+    pred = Predictor.untrained()
+    ref = [load_checkpoint(ckpt_bytes("cnn" if s % 2 else "mlp", s)) for s in range(40)]
+    emb = np.stack([p.embedding for p in pred.predict(ref)])  # [40, E]
+    residuals = np.where(np.arange(40) % 2 == 1, 0.02, 0.2)  # CNNs easy, MLPs hard
+    pred.reference, pred.residuals = torch.from_numpy(emb), torch.from_numpy(residuals).float()
+    q = 1.5
+    pred.card = pred.card.updated(conformal={"accuracy": {DEFAULT_LEVEL: 0.4},
+                                             "normalized": {"k": 5, "accuracy": {DEFAULT_LEVEL: q}}})
+    pred.save(tmp_path)
+    served = Predictor.load(tmp_path)
+    new = [load_checkpoint(ckpt_bytes(kind, 1000 + i)) for i, kind in enumerate(("cnn", "mlp", "cnn", "mlp"))]
+    out = served.predict(new)
+    sigma = Difficulty.fit(served.reference.numpy(), residuals, k=5)(np.stack([p.embedding for p in out]))
+    for p, s in zip(out, sigma):
+        assert p.low == pytest.approx(max(0.0, p.accuracy - q * s), abs=1e-5)
+        assert p.high == pytest.approx(min(1.0, p.accuracy + q * s), abs=1e-5)
+    widths = [p.high - p.low for p in out]
+    assert max(widths[1], widths[3]) > 3 * min(widths[0], widths[2])  # the hard family gets the wide interval
+    plain = Predictor(served.model, served.card, served.reference)  # no residuals: the constant half-width
+    assert all(p.high - p.low == pytest.approx(min(1.0, p.accuracy + 0.4) - max(0.0, p.accuracy - 0.4))
+               for p in plain.predict(new))

@@ -39,6 +39,9 @@ def test_end_to_end(zoos, tmp_path):
     assert (tmp_path / "run" / "reference.safetensors").exists()
     assert card["lir"] == {"weight": 1.0, "permutable": card["splits"]["train"], "skipped": 0, "reasons": {}}
     assert card["ood"]["train_flag_rate"] <= 0.01 and card["ood"]["threshold"] >= 0
+    assert set(card["conformal"]["normalized"]["accuracy"]) == set(card["conformal"]["accuracy"])  # issue 9
+    assert card["zoo"]["families"] == ["arch1"]
+    assert Predictor.load(tmp_path / "run").residuals is not None  # served: normalised intervals
     q = card["quality"]
     assert q["n"] == card["splits"]["val"] and set(q["kendall_tau"]) == {"sne", "pooled"}
     assert q["sne_better"] == (q["kendall_tau"]["sne"] > q["kendall_tau"]["pooled"])

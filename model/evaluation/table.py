@@ -42,17 +42,13 @@ from model.evaluation.table_report import table_markdown
 from model.labels import read_labels
 from model.predictor import DEFAULT_LEVEL, Predictor, knn_score
 from model.training import Example, load_examples, predict_examples
+from model.zoo.families import family_of
 
 SNE_METHODS: tuple[str, ...] = ("sne", "sne_chunks")
 BASELINE_METHODS: tuple[str, ...] = ("statset", "pooled", "statnn", "mlp")
 METHODS: tuple[str, ...] = SNE_METHODS + BASELINE_METHODS
 KINDS: tuple[str, ...] = ("in_distribution", "cross_dataset", "cross_arch")
 ALPHA = 1.0 - float(DEFAULT_LEVEL)
-
-
-def family_of(arch: str) -> str:
-    """``mlp-d2-w32`` -> ``mlp``: the family zoos name the variant in ``arch``; others are their own family."""
-    return arch.split("-", 1)[0]
 
 
 def identity(examples: Sequence[Example]) -> tuple[frozenset[str], frozenset[str]]:

@@ -48,6 +48,7 @@ from model.training.guards import (
 )
 from model.training.lir import lir_coverage, lir_penalty
 from model.training.resume import load_resume, save_resume
+from model.zoo.families import family_of
 
 
 @dataclass
@@ -221,6 +222,7 @@ def finalize(
     has_gap = opts.gap_weight > 0 and all(e.gap is not None for e in train_set + val_set)
     true_gap = np.array([e.gap or 0.0 for e in val_set])
     reference = tr["emb"]
+    ref_residuals = tr["acc"] - np.array([e.acc for e in train_set[:2000]])  # [n_reference]: normalised intervals
     # OOD: kNN distance to the training embeddings; checked on val and on the training split itself.
     ood = ood_check(knn_score(val["emb"], reference).numpy(), knn_score(tr["emb"], reference).numpy())
     quality = quality_report(
@@ -236,7 +238,8 @@ def finalize(
         "created": date.today().isoformat(),
         "config": model.cfg.model_dump(),
         "predicts_gap": has_gap,
-        "zoo": {"dirs": [str(Path(z).resolve()) for z in zoo_dirs], "archs": archs, "datasets": datasets, **_zoo_meta(zoo_dirs)},
+        "zoo": {"dirs": [str(Path(z).resolve()) for z in zoo_dirs], "archs": archs, "datasets": datasets,
+                "families": sorted({family_of(a) for a in archs}), **_zoo_meta(zoo_dirs)},
         "splits": {"by": "run", "train": len(train_set), "val": len(val_set)},
         "unreadable_checkpoints": info.get("unreadable", []),
         "lir": {"weight": opts.lir_weight, **lir_coverage(train_set)},
@@ -256,14 +259,14 @@ def finalize(
             "accuracy": conformal_quantiles(np.abs(val["acc"] - true_acc), calibratable(len(val_set))),
             "gap": conformal_quantiles(np.abs(val["gap"] - true_gap), calibratable(len(val_set))) if has_gap else {},
             "normalized": normalized_conformal(  # sharper intervals at the same coverage (issue 9)
-                reference.numpy(), tr["acc"] - np.array([e.acc for e in train_set[:2000]]),
+                reference.half().float().numpy(), ref_residuals,  # fp16: as saved and served
                 val["emb"].numpy(), val["acc"] - true_acc, calibratable(len(val_set)),
             ),
         },
         "ood": {"method": f"mean distance to the {OOD_K} nearest training embeddings", "k": OOD_K, "quantile": 0.99,
                 "n_reference": int(reference.shape[0]), **ood},
     }
-    return Predictor(model, card, reference)
+    return Predictor(model, card, reference, torch.from_numpy(ref_residuals).float())
 
 
 def _zoo_meta(zoo_dirs: Sequence[Path]) -> dict:
