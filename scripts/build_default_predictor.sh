@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Regenerates everything behind the shipped default predictor, from nothing, on a CPU machine:
-#   model zoos -> SNE training (with and without LIR) -> evaluation against STATNN/MLP -> model/predictors/default.
+#   model zoos -> SNE training -> evaluation against STATNN/MLP -> model/predictors/default.
 # Sizes are set for 2 CPU cores; override with the variables below. Each step resumes if interrupted.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -14,6 +14,9 @@ MAX_EVAL=${MAX_EVAL:-300}
 # AdamW (lr 2e-3, warm-up 5 %, cosine), clip 1.0, BCE + pairwise ranking, 64 random chunks per part per step
 TRAIN_ARGS=(--config small --epochs "$EPOCHS" --batch-size 16 --patience 6 --train-chunks 64 --threads 1
             --max-train "$MAX_TRAIN" --max-eval "$MAX_EVAL")
+# The no-LIR comparison (`--lir-weight 0`, then `sne eval --unregularized runs/digits-nolir`) is left out of the
+# shipped evaluation for CPU time: the set encoder is permutation-invariant by construction (last measured
+# |delta logit| ~1e-7 with and without LIR).
 
 $SNE zoo --out zoos/arch1-digits --arch arch1 --dataset digits --runs "$RUNS_A"
 $SNE zoo --out zoos/arch1-shapes --arch arch1 --dataset shapes --runs "$RUNS_B"
@@ -41,11 +44,10 @@ fi
 
 $SNE train --zoo zoos/arch1-digits --out runs/digits "${TRAIN_ARGS[@]}" --name sne-small-digits
 $SNE train --zoo zoos/arch1-shapes --out runs/shapes "${TRAIN_ARGS[@]}" --name sne-small-shapes
-$SNE train --zoo zoos/arch1-digits --out runs/digits-nolir "${TRAIN_ARGS[@]}" --lir-weight 0 --name sne-small-digits-nolir
 
 $SNE eval --predictor runs/digits --predictor runs/shapes \
   --zoo zoos/arch1-digits --zoo zoos/arch1-shapes --zoo zoos/arch2-digits --zoo zoos/arch2-shapes \
-  --unregularized runs/digits-nolir --out eval --update-card "${TABLE_ARGS[@]}"
+  --out eval --update-card "${TABLE_ARGS[@]}"
 
 rm -rf model/predictors/default && mkdir -p model/predictors/default
 cp runs/digits/model.safetensors runs/digits/card.json runs/digits/reference.safetensors runs/digits/training_curves.png \
