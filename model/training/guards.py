@@ -84,7 +84,9 @@ def check_resume(resume_dir: Path, options: Any, mode: ResumeMode) -> Any:
 def ood_check(val_scores: np.ndarray, train_scores: np.ndarray) -> dict[str, Any]:
     """The flag fires beyond the 99th percentile of val and train scores (as served: training checkpoints
     are in the reference), so the predictor's own training data are (almost) never flagged."""
-    threshold = float(max(np.quantile(val_scores, 0.99), np.quantile(train_scores, 0.99)))
+    # "higher": an observed score, so at most 1 % of each split lies above it even for small splits (with
+    # interpolation, the largest of 42 scores is always above the 99th percentile: a 2.4 % flag rate)
+    threshold = float(max(np.quantile(val_scores, 0.99, method="higher"), np.quantile(train_scores, 0.99, method="higher")))
     return {
         "threshold": threshold,
         "train_flag_rate": float(np.mean(train_scores > threshold)),
