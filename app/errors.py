@@ -14,6 +14,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from app.metrics import REJECTIONS
 from model.errors import CheckpointError
 
 log = logging.getLogger("sne.service")
@@ -43,6 +44,7 @@ def error_body(reason: str, message: str) -> dict:
 
 
 def error_response(status: int, reason: str, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    REJECTIONS.labels(status=str(status), reason=reason).inc()
     return JSONResponse(error_body(reason, message), status_code=status, headers=headers)
 
 

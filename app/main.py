@@ -19,6 +19,7 @@ from app.device import autocast_dtype, resolve_device
 from app.errors import install_error_handlers
 from app.metrics import PREDICTOR_INFO
 from app.middleware import MetricsMiddleware
+from app.observability import BodyDeadlineMiddleware, RequestIdMiddleware
 from app.routes import encode, health, metrics, predictor
 from app.service import EncodeService
 from app.settings import Settings, get_settings
@@ -107,15 +108,22 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     """A new app; `settings` default to the `SNE_*` environment. Nothing heavy happens until its lifespan."""
+    settings = settings if settings is not None else get_settings()
+    docs = settings.docs  # SNE_DOCS=false: no /docs, /redoc, /openapi.json
     app = FastAPI(
         title="SNE weight-space encoding service",
         version="0.1.0",
         description=DESCRIPTION,
         lifespan=lifespan,
+        openapi_url="/openapi.json" if docs else None,
+        docs_url="/docs" if docs else None,
+        redoc_url="/redoc" if docs else None,
     )
-    app.state.settings = settings if settings is not None else get_settings()
+    app.state.settings = settings
     install_error_handlers(app)
+    app.add_middleware(BodyDeadlineMiddleware, timeout=settings.body_timeout_seconds)
     app.add_middleware(MetricsMiddleware)
+    app.add_middleware(RequestIdMiddleware)  # outermost: every log line of the request carries its id
     app.include_router(encode.router)
     app.include_router(predictor.router)
     app.include_router(health.router)

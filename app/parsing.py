@@ -6,6 +6,7 @@ runs it in a worker thread so the event loop keeps accepting requests. Every pro
 """
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -14,6 +15,8 @@ from model.checkpoint import load_checkpoint
 from model.chunking import ChunkedLayer, count_chunks, expected_chunks
 from model.errors import CheckpointError
 from model.predictor import Predictor
+
+log = logging.getLogger("sne.parsing")
 
 
 @dataclass(frozen=True)
@@ -50,7 +53,24 @@ def _too_many_chunks(name: str, n: int, limit: int) -> CheckpointError:
 
 
 def parse_upload(source: bytes | Path, sha256: str, predictor: Predictor, max_layer_chunks: int) -> ParsedCheckpoint:
-    """Parse and chunk one checkpoint; raise `CheckpointError` for anything the service must refuse."""
+    """Parse and chunk one checkpoint; raise `CheckpointError` for anything the service must refuse.
+
+    Whatever else goes wrong while reading an upload (a library limit such as torch's 64 dimensions, an
+    overflow, memory) is the file's fault too: it becomes a `CheckpointError` (422), never a 500.
+    """
+    try:
+        return _parse(source, sha256, predictor, max_layer_chunks)
+    except CheckpointError:
+        raise
+    except MemoryError:
+        raise CheckpointError("too_large_to_parse", "the checkpoint needs more memory to read than this service has") from None
+    except Exception as e:  # noqa: BLE001 - the upload is untrusted input: every failure is a refusal
+        log.warning("upload %s could not be parsed: %s: %s", sha256[:12], type(e).__name__, e)
+        detail = str(e)[:200]
+        raise CheckpointError("unparseable", f"the checkpoint could not be read ({type(e).__name__}: {detail})") from None
+
+
+def _parse(source: bytes | Path, sha256: str, predictor: Predictor, max_layer_chunks: int) -> ParsedCheckpoint:
     t0 = time.perf_counter()
     ckpt = load_checkpoint(source)
     c = predictor.config.chunk_size

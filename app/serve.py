@@ -1,18 +1,8 @@
 """`sne serve`: run `app.main:app` with uvicorn on the configured host and port."""
 from __future__ import annotations
 
-import copy
-
+from app.server_config import uvicorn_options
 from app.settings import get_settings
-
-
-def log_config() -> dict:
-    """uvicorn's logging config plus the service's own `sne.*` loggers (start-up, Redis state, worker)."""
-    from uvicorn.config import LOGGING_CONFIG
-
-    config = copy.deepcopy(LOGGING_CONFIG)
-    config["loggers"]["sne"] = {"handlers": ["default"], "level": "INFO", "propagate": False}
-    return config
 
 
 def serve(host: str | None = None, port: int | None = None) -> None:
@@ -23,13 +13,4 @@ def serve(host: str | None = None, port: int | None = None) -> None:
     """
     import uvicorn
 
-    settings = get_settings()
-    uvicorn.run(
-        "app.main:app",
-        host=host or settings.host,
-        port=port if port is not None else settings.port,
-        lifespan="on",
-        timeout_graceful_shutdown=int(settings.shutdown_timeout_seconds) + 5,
-        log_level="info",
-        log_config=log_config(),
-    )
+    uvicorn.run("app.main:app", **uvicorn_options(get_settings(), host, port))

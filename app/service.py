@@ -15,8 +15,8 @@ import torch
 
 from app.cache import ResultCache, cache_key
 from app.errors import APIError
-from app.metrics import PARSE_FAILURES, PREDICTED_ACCURACY
-from app.parsing import parse_upload
+from app.metrics import OOD_FLAGS, PARSE_FAILURES, PREDICTED_ACCURACY
+from app.parsing import ParsedCheckpoint, parse_upload
 from app.results import EncodeResult
 from app.settings import Settings
 from app.uploads import Upload
@@ -44,7 +44,7 @@ class EncodeService:
         self.worker = worker
         self.cache = cache
         self.settings = settings
-        self._parse_limiter = anyio.CapacityLimiter(settings.parse_workers)
+        self._parse_slots = asyncio.Semaphore(settings.parse_workers)
         self._inflight: dict[str, asyncio.Task] = {}
         self._closing = False
 
@@ -70,6 +70,7 @@ class EncodeService:
             raise
         if hit is not None:
             upload.close()
+            OOD_FLAGS.inc(hit.ood_flag)
             return Answer(upload.sha256, hit, cached=True)
         task = self._inflight.get(upload.sha256)
         if task is None:
@@ -99,16 +100,34 @@ class EncodeService:
 
         return done
 
+    async def _parse(self, upload: Upload) -> ParsedCheckpoint:
+        """`parse_upload` in a thread, at most `parse_workers` at once, within `parse_timeout_seconds`.
+
+        A thread cannot be killed: on timeout the request is answered (422) and the thread is abandoned, but
+        it keeps its parse slot until it really ends, so runaway parses can never outnumber the slots.
+        """
+        await self._parse_slots.acquire()
+        loop = asyncio.get_running_loop()
+        source, sha256 = upload.source, upload.sha256
+
+        def job() -> ParsedCheckpoint:
+            try:
+                return parse_upload(source, sha256, self.predictor, self.settings.max_layer_chunks)
+            finally:
+                loop.call_soon_threadsafe(self._parse_slots.release)
+
+        timeout = self.settings.parse_timeout_seconds
+        try:
+            with anyio.fail_after(timeout):
+                return await anyio.to_thread.run_sync(job, abandon_on_cancel=True)
+        except TimeoutError:
+            raise CheckpointError(
+                "parse_timeout", f"reading this checkpoint took longer than {timeout:g} s (SNE_PARSE_TIMEOUT_SECONDS)"
+            ) from None
+
     async def _compute(self, upload: Upload) -> Answer:
         try:
-            parsed = await anyio.to_thread.run_sync(
-                parse_upload,
-                upload.source,
-                upload.sha256,
-                self.predictor,
-                self.settings.max_layer_chunks,
-                limiter=self._parse_limiter,
-            )
+            parsed = await self._parse(upload)
         except CheckpointError as e:
             PARSE_FAILURES.labels(reason=e.reason).inc()
             raise APIError.from_checkpoint_error(e) from None
@@ -134,6 +153,7 @@ class EncodeService:
                 "the encoder produced NaN/Inf for this checkpoint (its weights are too extreme to encode)",
             )
         PREDICTED_ACCURACY.observe(result.accuracy)
+        OOD_FLAGS.inc(result.ood_flag)
         await self.cache.set(self.key(upload.sha256), result)
         return Answer(
             upload.sha256, result, cached=False, parse_ms=parsed.parse_ms, queue_ms=outcome.queue_ms,

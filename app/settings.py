@@ -68,6 +68,26 @@ class Settings(BaseSettings):
         None, ge=1, description="torch intra-op threads of the encoder (torch's default when unset)."
     )
 
+    # ---- hardening (issue 11): every limit a client can hit, with what it sees there (README "Reliability")
+    parse_timeout_seconds: float = Field(
+        30.0, gt=0, description="Longest an upload may take to read and chunk (422 `parse_timeout` above)."
+    )
+    body_timeout_seconds: float = Field(
+        120.0, gt=0, description="Longest an upload's body may take to arrive (408 `body_timeout` above; the connection is closed)."
+    )
+    limit_concurrency: int = Field(
+        512, ge=1, description="Open connections plus in-flight requests `sne serve` accepts before answering 503."
+    )
+    keep_alive_seconds: int = Field(5, ge=1, description="Idle keep-alive connections are closed after this long.")
+    http_header_bytes: int = Field(
+        65_536, ge=1024, description="Largest request line plus headers `sne serve` reads (h11); the connection is dropped above."
+    )
+    backlog: int = Field(2048, ge=1, description="Pending TCP connections the listening socket queues (`sne serve`).")
+    log_format: Literal["text", "json"] = Field(
+        "text", description="`json`: one JSON object per log line (python-json-logger), with the request id."
+    )
+    docs: bool = Field(True, description="Serve `/docs`, `/redoc` and `/openapi.json`; `false` turns all three off.")
+
     @field_validator("api_keys", mode="before")
     @classmethod
     def _split_keys(cls, v: object) -> object:

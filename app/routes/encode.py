@@ -137,7 +137,7 @@ async def encode(
 @router.post(
     "/encode/batch",
     response_model=BatchResponse,
-    responses={k: v for k, v in UPLOAD_ERRORS.items() if k in (401, 413, 503)},
+    responses={k: v for k, v in UPLOAD_ERRORS.items() if k in (401, 413, 415, 503)},
     openapi_extra=BATCH_BODY,
     summary="Encode several checkpoints in one request",
     description="Each file is answered on its own (`status` 200 with `result`, or its error): one bad file "
@@ -151,6 +151,10 @@ async def encode_batch(
     service: EncodeService = Depends(get_service),
 ) -> JSONResponse:
     started = time.perf_counter()
+    if not is_multipart(request):  # a raw body is one file: that is POST /v1/encode
+        PARSE_FAILURES.labels(reason="multipart_required").inc()
+        raise APIError(415, "multipart_required", "POST /v1/encode/batch takes multipart/form-data file parts; "
+                       "send a single raw checkpoint to POST /v1/encode")
     uploads = await receive_uploads(request, settings, max_files=settings.max_batch_files)
     names = [u.filename for u in uploads]
     outcomes = await asyncio.gather(*(service.encode(u) for u in uploads), return_exceptions=True)
