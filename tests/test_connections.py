@@ -12,15 +12,22 @@ import logging
 import logging.config
 import socket
 import time
-from contextlib import contextmanager
 from collections.abc import Iterator
+from contextlib import contextmanager
 
 import pytest
 
 from app.main import create_app
 from app.observability import RequestIdFilter, log_config, request_id
 from app.server_config import uvicorn_options
-from tests.conftest import ckpt_bytes, free_port, live_server, metric_value, running_app, settings_for
+from tests.conftest import (
+    ckpt_bytes,
+    free_port,
+    live_server,
+    metric_value,
+    running_app,
+    settings_for,
+)
 
 pytestmark = pytest.mark.anyio
 KEY = "k-connections"
