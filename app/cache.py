@@ -6,9 +6,10 @@ and the layer table, then the network embedding and the layer embeddings as raw 
 about 4 bytes a float instead of ~20 as JSON text.
 
 Redis failures never fail a request: the lookup counts as a miss, `sne_cache_errors_total` goes up, and
-Redis is skipped for a backoff (`SNE_REDIS_RETRY_SECONDS`, doubling per consecutive failure, at most 60 s)
-after which the next call tries again (redis-py reconnects by itself). Every lookup counts as exactly one
-hit or one miss (`sne_cache_hits_total` / `sne_cache_misses_total`).
+Redis is skipped for a backoff (`SNE_REDIS_RETRY_SECONDS`, doubling per failed retry, at most 60 s)
+after which the next call tries again. Calls that were already in flight when a failure was counted fail
+with the same outage and do not double the backoff again, so 100 concurrent timeouts cost one step, not 100 (redis-py reconnects by itself). Every lookup counts as
+exactly one hit or one miss (`sne_cache_hits_total` / `sne_cache_misses_total`).
 """
 from __future__ import annotations
 
@@ -169,7 +170,8 @@ class RedisCache:
         self._client = redis.Redis.from_url(
             url, socket_timeout=timeout, socket_connect_timeout=timeout, retry=Retry(NoBackoff(), 0)
         )
-        self._failures = 0
+        self._failures = 0  # consecutive outages (failed retries), not failed calls: see _failed
+        self._failed_at = 0.0
         self._down_until = 0.0
         self.last_error: str | None = None
 
@@ -180,8 +182,11 @@ class RedisCache:
     def _skipping(self) -> bool:
         return self._failures > 0 and time.monotonic() < self._down_until
 
-    def _failed(self, op: str, e: BaseException) -> None:
+    def _failed(self, op: str, e: BaseException, started: float) -> None:
         CACHE_ERRORS.inc()
+        if self._failures and started < self._failed_at:
+            return  # began before the last counted failure: the same outage, already counted and backed off
+        self._failed_at = time.monotonic()
         self._failures += 1
         backoff = min(MAX_BACKOFF_SECONDS, self.retry_seconds * 2 ** (self._failures - 1))
         self._down_until = time.monotonic() + backoff
@@ -198,13 +203,14 @@ class RedisCache:
 
     async def _call(self, op: str, coro_fn, *args, **kwargs):
         """Run one Redis command with a hard deadline; (ok, value)."""
+        started = time.monotonic()
         try:
             async with asyncio.timeout(self.timeout * 2 + 0.1):
                 value = await coro_fn(*args, **kwargs)
         except asyncio.CancelledError:
             raise
         except Exception as e:  # ConnectionError, TimeoutError, ResponseError, OSError, ...
-            self._failed(op, e)
+            self._failed(op, e, started)
             return False, None
         self._succeeded()
         return True, value

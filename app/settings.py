@@ -46,7 +46,7 @@ class Settings(BaseSettings):
         0.5, gt=0, description="Connect/read timeout of one Redis call; a slower Redis counts as down for that call."
     )
     redis_retry_seconds: float = Field(
-        5.0, ge=0, description="After a Redis failure, skip Redis this long before trying again (doubles per failure, max 60 s)."
+        5.0, ge=0, description="After a Redis failure, skip Redis this long before trying again (doubles per failed retry, max 60 s; concurrent failures count once)."
     )
     max_layer_chunks: int = Field(
         65_536, ge=1, description="Most chunks one layer may have (422 above): set attention is quadratic in it."
