@@ -8,8 +8,8 @@ about 4 bytes a float instead of ~20 as JSON text.
 Redis failures never fail a request: the lookup counts as a miss, `sne_cache_errors_total` goes up, and
 Redis is skipped for a backoff (`SNE_REDIS_RETRY_SECONDS`, doubling per failed retry, at most 60 s)
 after which the next call tries again. Calls that were already in flight when a failure was counted fail
-with the same outage and do not double the backoff again, so 100 concurrent timeouts cost one step, not 100 (redis-py reconnects by itself). Every lookup counts as
-exactly one hit or one miss (`sne_cache_hits_total` / `sne_cache_misses_total`).
+with the same outage and do not double the backoff again: 100 concurrent timeouts cost one step, not 100
+(redis-py reconnects by itself). Every lookup counts as exactly one hit or one miss (`sne_cache_hits_total` / `sne_cache_misses_total`).
 """
 from __future__ import annotations
 
