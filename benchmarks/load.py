@@ -246,6 +246,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--small", type=int, default=20, help="small uploads per fairness run (at least)")
     ap.add_argument("--fair-env", default="", help="SNE_*=value,... of the fairness mechanism (on)")
     ap.add_argument("--unfair-env", default="", help="SNE_*=value,... with the mechanism off")
+    ap.add_argument("--modes", default="on,off", help="fairness runs: `on` (--fair-env), `off` (--unfair-env)")
     ap.add_argument("--skip-load", action="store_true")
     ap.add_argument("--skip-redis", action="store_true")
     ap.add_argument("--skip-fairness", action="store_true")
@@ -286,7 +287,8 @@ def main(argv: list[str] | None = None) -> None:
         print("| settings | big upload | big: status, s | small p50 ms | small p95 ms | small max ms | small n |")
         print("| --- | --- | --- | ---: | ---: | ---: | ---: |", flush=True)
         bigs = {"none": None, "4 x 65,535 chunks": wide_layers(), "100,000 tiny tensors": tiny_tensors()}
-        for label, extra in (("mechanism on", env_arg(args.fair_env)), ("mechanism off", env_arg(args.unfair_env))):
+        modes = {"on": ("mechanism on", env_arg(args.fair_env)), "off": ("mechanism off", env_arg(args.unfair_env))}
+        for label, extra in (modes[m] for m in args.modes.split(",")):
             with server({**base, **extra}) as url:
                 asyncio.run(small_while_big(url, None, 5))  # warm
                 for name, big in bigs.items():
