@@ -211,21 +211,25 @@ def redis_fault(redis: RedisServer, pause: float):
     return fault
 
 
-async def small_while_big(url: str, big: bytes | None, small_n: int) -> tuple[list[float], float, int]:
-    """Sequential small uploads (at least `small_n`, and until `big` is answered); their latencies, the big
-    one's latency and status."""
+async def small_while_big(url: str, big: bytes | None, small_n: int, interval: float = 0.25) -> tuple[list[float], float, int]:
+    """Small uploads started every `interval` s (at least `small_n`, and until `big` is answered), so the
+    latencies sample the whole time the big one is served; returns them, the big one's time and status."""
     async with httpx.AsyncClient(base_url=url, timeout=600) as client:
-        big_task = None
-        started = time.perf_counter()
-        if big is not None:
-            big_task = asyncio.create_task(client.post("/v1/encode", content=big))
-            await asyncio.sleep(0.5)  # let it reach the parser/encoder (a head start, not an ordering guarantee)
         lat: list[float] = []
-        while len(lat) < small_n or (big_task is not None and not big_task.done()):
+
+        async def small() -> None:
             t0 = time.perf_counter()
             r = await client.post("/v1/encode", content=new_checkpoint())
             r.raise_for_status()
             lat.append(time.perf_counter() - t0)
+
+        started = time.perf_counter()
+        big_task = None if big is None else asyncio.create_task(client.post("/v1/encode", content=big))
+        smalls = []
+        while len(smalls) < small_n or (big_task is not None and not big_task.done()):
+            smalls.append(asyncio.create_task(small()))
+            await asyncio.sleep(interval)  # a steady arrival rate, not an ordering
+        await asyncio.gather(*smalls)
         if big_task is None:
             return lat, 0.0, 0
         r = await big_task
