@@ -1,8 +1,8 @@
 """The result cache: Redis when `SNE_REDIS_URL` is set, an in-process LRU otherwise.
 
 Key: `<SNE_CACHE_PREFIX><predictor version>:<sha256 of the upload>`, so a new predictor never serves old
-answers. Value: a compact binary record (`pack_result`): a magic tag, a small JSON header with the scalars
-and the layer table, then the network embedding and the layer embeddings as raw little-endian float32 —
+answers. Value: a compact binary record of an `Encoding` (`pack_encoding`): a magic tag, a small JSON header
+with the scalars and the layer table, then the network embedding and the layer embeddings as raw little-endian float32 —
 about 4 bytes a float instead of ~20 as JSON text.
 
 Redis failures never fail a request: the lookup counts as a miss, `sne_cache_errors_total` goes up, and
@@ -22,17 +22,21 @@ from collections import OrderedDict
 from typing import Protocol, runtime_checkable
 
 import numpy as np
+from redis.exceptions import RedisError
 
+from app.encoding import Encoding
 from app.metrics import CACHE_ERRORS, CACHE_HITS, CACHE_MISSES
 from app.parsing import LayerRow
-from app.results import EncodeResult
 from app.settings import Settings
+from model.predictor import Prediction
 
 log = logging.getLogger("sne.cache")
 
-MAGIC = b"SNE1"
+MAGIC = b"SNE2"  # SNE2: the header carries the sha256
 _HEAD = struct.Struct("<4sI")  # magic, JSON header length
 MAX_BACKOFF_SECONDS = 60.0
+#: what a Redis call can fail with: its own errors, the socket's, our deadline
+REDIS_FAILURES = (RedisError, OSError, TimeoutError)
 
 
 # --------------------------------------------------------------------------------------------- codec
@@ -42,11 +46,14 @@ def cache_key(prefix: str, predictor_version: str, sha256: str) -> str:
     return f"{prefix}{predictor_version}:{sha256}"
 
 
-def pack_result(r: EncodeResult) -> bytes:
-    """`EncodeResult` -> bytes: magic, header length, JSON header, float32 embedding, float32 layer embeddings."""
-    emb = np.ascontiguousarray(r.embedding, dtype="<f4")
-    lemb = np.ascontiguousarray(r.layer_embeddings, dtype="<f4")
+def pack_encoding(enc: Encoding) -> bytes:
+    """`Encoding` -> bytes: magic, header length, JSON header, float32 embedding, float32 layer embeddings.
+    (Not stored: `cached` and the stage times, which describe one request, not the checkpoint.)"""
+    r = enc.prediction
+    emb = np.ascontiguousarray(r.embedding, dtype="<f4")  # [E]
+    lemb = np.ascontiguousarray(r.layer_embeddings, dtype="<f4")  # [L, H]
     header = {
+        "sha": enc.sha256,
         "acc": r.accuracy,
         "gap": r.gap,
         "low": r.low,
@@ -56,15 +63,16 @@ def pack_result(r: EncodeResult) -> bytes:
         "flag": r.ood_flag,
         "emb": int(emb.shape[0]),
         "lemb": list(lemb.shape),
-        "layers": [[l.name, l.type, l.level, l.shape, l.parameters, l.chunks] for l in r.layers],
-        "skipped": r.skipped,
+        "layers": [[row.name, row.type, row.level, row.shape, row.parameters, row.chunks] for row in enc.layers],
+        "skipped": enc.skipped,
     }
     raw = json.dumps(header, separators=(",", ":")).encode()
     return b"".join((_HEAD.pack(MAGIC, len(raw)), raw, emb.tobytes(), lemb.tobytes()))
 
 
-def unpack_result(data: bytes) -> EncodeResult:
-    """Inverse of `pack_result`; `ValueError` when the bytes are not such a record."""
+def unpack_encoding(data: bytes) -> Encoding:
+    """Inverse of `pack_encoding` (with `cached=True`, zero stage times); `ValueError` when the bytes are
+    not such a record."""
     try:
         magic, n = _HEAD.unpack_from(data)
         if magic != MAGIC:
@@ -77,7 +85,7 @@ def unpack_result(data: bytes) -> EncodeResult:
             raise ValueError("cache record has the wrong length")
         emb = np.frombuffer(data, dtype="<f4", count=e, offset=off).astype(np.float32)
         lemb = np.frombuffer(data, dtype="<f4", count=rows * cols, offset=off + 4 * e).astype(np.float32)
-        return EncodeResult(
+        prediction = Prediction(
             embedding=emb,
             layer_embeddings=lemb.reshape(rows, cols),
             accuracy=float(h["acc"]),
@@ -87,12 +95,17 @@ def unpack_result(data: bytes) -> EncodeResult:
             coverage=h["cov"],
             ood_score=h["ood"],
             ood_flag=bool(h["flag"]),
+        )
+        return Encoding(
+            sha256=str(h["sha"]),
+            prediction=prediction,
             layers=[LayerRow(a, b, c, list(d), p, q) for a, b, c, d, p, q in h["layers"]],
             skipped=list(h.get("skipped", [])),
+            cached=True,
         )
     except ValueError:
         raise
-    except Exception as e:  # struct.error, KeyError, TypeError...: a corrupt record
+    except (struct.error, KeyError, TypeError, IndexError) as e:  # a corrupt record
         raise ValueError(f"corrupt cache record: {type(e).__name__}: {e}") from None
 
 
@@ -105,9 +118,9 @@ class ResultCache(Protocol):
 
     backend: str
 
-    async def get(self, key: str) -> EncodeResult | None: ...
+    async def get(self, key: str) -> Encoding | None: ...
 
-    async def set(self, key: str, result: EncodeResult) -> None: ...
+    async def set(self, key: str, encoding: Encoding) -> None: ...
 
     async def state(self) -> str:
         """`up`, `down` or `in-process` (for /readyz)."""
@@ -128,19 +141,19 @@ class LRUCache:
     def __len__(self) -> int:
         return len(self._data)
 
-    async def get(self, key: str) -> EncodeResult | None:
+    async def get(self, key: str) -> Encoding | None:
         raw = self._data.get(key)
         if raw is None:
             CACHE_MISSES.inc()
             return None
         self._data.move_to_end(key)
         CACHE_HITS.inc()
-        return unpack_result(raw)
+        return unpack_encoding(raw)
 
-    async def set(self, key: str, result: EncodeResult) -> None:
+    async def set(self, key: str, encoding: Encoding) -> None:
         if self.max_entries <= 0:
             return
-        self._data[key] = pack_result(result)
+        self._data[key] = pack_encoding(encoding)
         self._data.move_to_end(key)
         while len(self._data) > self.max_entries:
             self._data.popitem(last=False)
@@ -209,13 +222,13 @@ class RedisCache:
                 value = await coro_fn(*args, **kwargs)
         except asyncio.CancelledError:
             raise
-        except Exception as e:  # ConnectionError, TimeoutError, ResponseError, OSError, ...
+        except REDIS_FAILURES as e:  # ConnectionError, TimeoutError, ResponseError, OSError, ...
             self._failed(op, e, started)
             return False, None
         self._succeeded()
         return True, value
 
-    async def get(self, key: str) -> EncodeResult | None:
+    async def get(self, key: str) -> Encoding | None:
         if self._skipping():
             CACHE_MISSES.inc()
             return None
@@ -224,7 +237,7 @@ class RedisCache:
             CACHE_MISSES.inc()
             return None
         try:
-            result = unpack_result(raw)
+            result = unpack_encoding(raw)
         except ValueError as e:
             CACHE_ERRORS.inc()
             CACHE_MISSES.inc()
@@ -233,10 +246,10 @@ class RedisCache:
         CACHE_HITS.inc()
         return result
 
-    async def set(self, key: str, result: EncodeResult) -> None:
+    async def set(self, key: str, encoding: Encoding) -> None:
         if self._skipping():
             return
-        await self._call("SET", self._client.set, key, pack_result(result), ex=self.ttl if self.ttl > 0 else None)
+        await self._call("SET", self._client.set, key, pack_encoding(encoding), ex=self.ttl if self.ttl > 0 else None)
 
     async def state(self) -> str:
         """Ping Redis (also the way back after an outage); never counts as a cache error."""
@@ -245,7 +258,7 @@ class RedisCache:
                 await self._client.ping()
         except asyncio.CancelledError:
             raise
-        except Exception as e:
+        except REDIS_FAILURES as e:
             self.last_error = f"{type(e).__name__}: {e}"
             return "down"
         self._succeeded()
@@ -254,8 +267,8 @@ class RedisCache:
     async def close(self) -> None:
         try:
             await self._client.aclose()
-        except Exception:  # closing a broken connection must not break shutdown
-            pass
+        except REDIS_FAILURES as e:  # closing a broken connection must not break shutdown
+            log.debug("closing redis: %s", e)
 
 
 def make_cache(settings: Settings) -> ResultCache:

@@ -8,6 +8,7 @@ so a client only ever parses one kind of error body. `reason` is a short stable 
 from __future__ import annotations
 
 import logging
+from enum import StrEnum
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -20,10 +21,69 @@ from model.errors import CheckpointError
 log = logging.getLogger("sne.service")
 
 
+class Reason(StrEnum):
+    """Every `error.reason` the service sends (OpenAPI lists them; clients may switch on them)."""
+
+    # 400: the HTTP request itself
+    bad_request = "bad_request"
+    bad_multipart = "bad_multipart"
+    incomplete_upload = "incomplete_upload"
+    # 401/403/404/405
+    unauthorized = "unauthorized"
+    forbidden = "forbidden"
+    not_found = "not_found"
+    method_not_allowed = "method_not_allowed"
+    # 408: the body did not arrive in time (SNE_BODY_TIMEOUT_SECONDS)
+    body_timeout = "body_timeout"
+    # 413: size
+    too_large = "too_large"
+    too_many_files = "too_many_files"
+    # 415: not safetensors at all (model.errors.CheckpointError), or not multipart where only that is taken
+    pickle = "pickle"
+    zip = "zip"
+    not_safetensors = "not_safetensors"
+    unsupported_media_type = "unsupported_media_type"
+    multipart_required = "multipart_required"
+    # 422: a malformed or unencodable checkpoint (model.errors.CheckpointError), or a bad request field
+    bad_header = "bad_header"
+    bad_offsets = "bad_offsets"
+    invalid_safetensors = "invalid_safetensors"
+    truncated = "truncated"
+    unreadable = "unreadable"
+    unsupported_dtype = "unsupported_dtype"
+    non_finite = "non_finite"
+    no_layers = "no_layers"
+    layer_too_large = "layer_too_large"
+    too_large_to_encode = "too_large_to_encode"
+    non_finite_output = "non_finite_output"
+    missing_file = "missing_file"
+    invalid_request = "invalid_request"
+    unparseable = "unparseable"  # any other exception while reading an upload (app.parsing)
+    too_large_to_parse = "too_large_to_parse"
+    parse_timeout = "parse_timeout"
+    # 5xx
+    internal = "internal"
+    encode_failed = "encode_failed"
+    not_ready = "not_ready"
+    queue_full = "queue_full"
+    shutting_down = "shutting_down"
+    unavailable = "unavailable"
+    http_error = "http_error"
+
+
+#: checkpoint reasons meaning "this is not a safetensors file at all" (415); every other one is 422
+UNSUPPORTED_MEDIA = frozenset({Reason.pickle, Reason.zip, Reason.not_safetensors})
+
+
+def checkpoint_status(e: CheckpointError) -> int:
+    """The one place a `CheckpointError` becomes an HTTP status."""
+    return 415 if e.reason in UNSUPPORTED_MEDIA else 422
+
+
 class APIError(Exception):
     """An HTTP error with a stable `reason` code and a human `message`."""
 
-    def __init__(self, status: int, reason: str, message: str, headers: dict[str, str] | None = None) -> None:
+    def __init__(self, status: int, reason: Reason | str, message: str, headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.reason = reason
@@ -31,33 +91,29 @@ class APIError(Exception):
         self.headers = headers or {}
 
     @classmethod
-    def from_checkpoint_error(cls, e: CheckpointError) -> "APIError":
-        """415 when the upload is not safetensors at all (pickle, zip, ...), 422 when it is malformed."""
-        return cls(e.http_status, e.reason, e.message)
-
-    def body(self) -> dict:
-        return error_body(self.reason, self.message)
+    def from_checkpoint_error(cls, e: CheckpointError) -> APIError:
+        return cls(checkpoint_status(e), e.reason, e.message)
 
 
-def error_body(reason: str, message: str) -> dict:
-    return {"error": {"reason": reason, "message": message}}
+def error_body(reason: Reason | str, message: str) -> dict:
+    return {"error": {"reason": str(reason), "message": message}}
 
 
-def error_response(status: int, reason: str, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
-    REJECTIONS.labels(status=str(status), reason=reason).inc()
+def error_response(status: int, reason: Reason | str, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    REJECTIONS.labels(status=str(status), reason=str(reason)).inc()
     return JSONResponse(error_body(reason, message), status_code=status, headers=headers)
 
 
 _STATUS_REASONS = {
-    400: "bad_request",
-    401: "unauthorized",
-    403: "forbidden",
-    404: "not_found",
-    405: "method_not_allowed",
-    413: "too_large",
-    415: "unsupported_media_type",
-    422: "invalid_request",
-    503: "unavailable",
+    400: Reason.bad_request,
+    401: Reason.unauthorized,
+    403: Reason.forbidden,
+    404: Reason.not_found,
+    405: Reason.method_not_allowed,
+    413: Reason.too_large,
+    415: Reason.unsupported_media_type,
+    422: Reason.invalid_request,
+    503: Reason.unavailable,
 }
 
 
@@ -68,7 +124,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(CheckpointError)
     async def _checkpoint_error(request: Request, exc: CheckpointError) -> JSONResponse:
-        return error_response(exc.http_status, exc.reason, exc.message)
+        return error_response(checkpoint_status(exc), exc.reason, exc.message)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -76,15 +132,15 @@ def install_error_handlers(app: FastAPI) -> None:
         for err in exc.errors():
             where = ".".join(str(p) for p in err.get("loc", ()))
             parts.append(f"{where}: {err.get('msg', 'invalid')}" if where else str(err.get("msg", "invalid")))
-        return error_response(422, "invalid_request", "; ".join(parts) or "invalid request")
+        return error_response(422, Reason.invalid_request, "; ".join(parts) or "invalid request")
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        reason = _STATUS_REASONS.get(exc.status_code, f"http_{exc.status_code}")
+        reason = _STATUS_REASONS.get(exc.status_code, Reason.http_error)
         message = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
         return error_response(exc.status_code, reason, message, getattr(exc, "headers", None))
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:  # a bug or a device failure
         log.exception("unhandled error on %s %s", request.method, request.url.path)
-        return error_response(500, "internal", f"internal error ({type(exc).__name__}); see the server log")
+        return error_response(500, Reason.internal, f"internal error ({type(exc).__name__}); see the server log")

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import AsyncIterator
 
 import anyio
 import torch
@@ -20,7 +20,7 @@ from app.errors import install_error_handlers
 from app.metrics import PREDICTOR_INFO
 from app.middleware import MetricsMiddleware
 from app.observability import BodyDeadlineMiddleware, RequestIdMiddleware
-from app.routes import encode, health, metrics, predictor
+from app.routes import encode, health, metrics, pages, predictor
 from app.service import EncodeService
 from app.settings import Settings, get_settings
 from app.worker import BatchWorker
@@ -109,15 +109,15 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
 def create_app(settings: Settings | None = None) -> FastAPI:
     """A new app; `settings` default to the `SNE_*` environment. Nothing heavy happens until its lifespan."""
     settings = settings if settings is not None else get_settings()
-    docs = settings.docs  # SNE_DOCS=false: no /docs, /redoc, /openapi.json
+    docs = settings.docs  # SNE_DOCS=false: no /docs, no /openapi.json (and no Swagger UI assets)
     app = FastAPI(
         title="SNE weight-space encoding service",
         version="0.1.0",
         description=DESCRIPTION,
         lifespan=lifespan,
         openapi_url="/openapi.json" if docs else None,
-        docs_url="/docs" if docs else None,
-        redoc_url="/redoc" if docs else None,
+        docs_url=None,  # served by app.routes.pages from local assets (the default loads them from a CDN)
+        redoc_url=None,
     )
     app.state.settings = settings
     install_error_handlers(app)
@@ -128,6 +128,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(predictor.router)
     app.include_router(health.router)
     app.include_router(metrics.router)
+    app.include_router(pages.router)
+    if docs:
+        app.include_router(pages.docs_router)
+        app.mount(pages.SWAGGER_STATIC, pages.swagger_assets(), name="swagger-ui")
     return app
 
 

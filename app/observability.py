@@ -18,7 +18,7 @@ from contextvars import ContextVar
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.errors import APIError
+from app.errors import APIError, Reason
 
 REQUEST_ID_HEADER = "X-Request-ID"
 #: the id of the request being served ("-" outside requests: start-up, the batch loop)
@@ -87,7 +87,7 @@ class BodyDeadlineMiddleware:
                     message = await receive()
             except TimeoutError:
                 raise APIError(
-                    408, "body_timeout",
+                    408, Reason.body_timeout,
                     f"the upload did not arrive within {self.timeout:g} s (SNE_BODY_TIMEOUT_SECONDS); send it faster "
                     "or in a smaller file",
                     {"Connection": "close"},

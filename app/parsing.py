@@ -11,6 +11,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from app.errors import Reason
 from model.checkpoint import load_checkpoint
 from model.chunking import ChunkedLayer, count_chunks, expected_chunks
 from model.errors import CheckpointError
@@ -63,11 +64,11 @@ def parse_upload(source: bytes | Path, sha256: str, predictor: Predictor, max_la
     except CheckpointError:
         raise
     except MemoryError:
-        raise CheckpointError("too_large_to_parse", "the checkpoint needs more memory to read than this service has") from None
+        raise CheckpointError(Reason.too_large_to_parse, "the checkpoint needs more memory to read than this service has") from None
     except Exception as e:  # noqa: BLE001 - the upload is untrusted input: every failure is a refusal
         log.warning("upload %s could not be parsed: %s: %s", sha256[:12], type(e).__name__, e)
         detail = str(e)[:200]
-        raise CheckpointError("unparseable", f"the checkpoint could not be read ({type(e).__name__}: {detail})") from None
+        raise CheckpointError(Reason.unparseable, f"the checkpoint could not be read ({type(e).__name__}: {detail})") from None
 
 
 def _parse(source: bytes | Path, sha256: str, predictor: Predictor, max_layer_chunks: int) -> ParsedCheckpoint:

@@ -1,9 +1,16 @@
-"""Pydantic models of the HTTP API (responses and errors), with the examples OpenAPI shows."""
+"""Pydantic models of the HTTP API (responses and errors), with the examples OpenAPI shows, and
+`encode_response`: the one place an `Encoding` becomes the `/v1/encode` body (route, `sne encode --json`
+and `sne gate --local` alike)."""
 from __future__ import annotations
 
+import json
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
+
+from app.encoding import Encoding
+from app.errors import Reason
+from model.predictor import DEFAULT_PREDICTOR_DIR, Predictor, PredictorCard
 
 SHA_EXAMPLE = "9f2c1d0b6e8a4f3c2b1a09f8e7d6c5b4a3928170f6e5d4c3b2a1908f7e6d5c4b"
 
@@ -102,7 +109,7 @@ class EncodeResponse(BaseModel):
 
 
 class ErrorDetail(BaseModel):
-    reason: str = Field(description="Stable code, e.g. pickle, truncated, too_large, queue_full, unauthorized.")
+    reason: Reason = Field(description="Stable code, e.g. pickle, truncated, too_large, queue_full, unauthorized.")
     message: str = Field(description="What is wrong, in words a user can act on.")
 
 
@@ -110,20 +117,6 @@ class ErrorResponse(BaseModel):
     """Every 4xx/5xx of the service has this body."""
 
     error: ErrorDetail
-
-    model_config = ConfigDict(
-        json_schema_extra={
-            "examples": [
-                {
-                    "error": {
-                        "reason": "pickle",
-                        "message": "this is a Python pickle (torch.save .pt/.bin); pickles can run code and are never "
-                        "loaded. Save the state_dict with safetensors.torch.save_file instead.",
-                    }
-                }
-            ]
-        }
-    )
 
 
 class BatchItem(BaseModel):
@@ -140,33 +133,24 @@ class BatchResponse(BaseModel):
     timings: dict[str, float] = Field(description="`total_ms` of the whole request.")
 
 
-class PredictorCard(BaseModel):
-    """The loaded predictor's card as it was saved (zoo, splits, metrics, conformal, ood, config), plus
-    any other keys its trainer wrote."""
+def _shipped_card_example(schema: dict[str, Any]) -> None:
+    """OpenAPI example of `/v1/predictor`: the shipped default predictor's real card (per-pair rows and
+    training history left out for length), read when the schema is generated, never made up."""
+    path = DEFAULT_PREDICTOR_DIR / "card.json"
+    if not path.exists():
+        return
+    card = PredictorCard.model_validate(json.loads(path.read_text())).model_dump(mode="json")
+    card["metrics"].pop("pairs", None)
+    card.get("training", {}).pop("history", None)
+    schema["examples"] = [card]
 
-    model_config = ConfigDict(
-        extra="allow",
-        json_schema_extra={
-            "examples": [
-                {
-                    "name": "sne-small",
-                    "version": "2024-06-01-3f2a9c1b7e44",
-                    "trained": True,
-                    "config": {"name": "small", "chunk_size": 16, "hidden": 32, "encoding": 64, "heads": 2},
-                    "zoo": {"name": "mnist-arch1", "checkpoints": 2000},
-                    "metrics": {"kendall_tau": {"test": {"sne": 0.81, "stat_features": 0.74}}},
-                    "conformal": {"accuracy": {"0.90": 0.038}},
-                    "ood": {"threshold": 1.25, "k": 5},
-                }
-            ]
-        },
-    )
 
-    name: str
-    version: str
-    trained: bool = False
-    config: dict[str, Any] = Field(default_factory=dict)
-    metrics: dict[str, Any] = Field(default_factory=dict)
+class PredictorCardResponse(PredictorCard):
+    """The loaded predictor's card (`model.predictor.PredictorCard`): config, zoo, splits, metrics
+    (`kendall_tau` per evaluation per method), conformal quantiles, OOD threshold, plus any other keys its
+    trainer wrote. The example is the card of the predictor this package ships."""
+
+    model_config = ConfigDict(json_schema_extra=_shipped_card_example)
 
 
 class Health(BaseModel):
@@ -196,11 +180,83 @@ class Readiness(BaseModel):
     )
 
 
-#: error responses shown in OpenAPI for the upload routes
+def _error(description: str, reason: Reason, message: str) -> dict[str, Any]:
+    """An OpenAPI response entry: the error shape with an example of this status (a real message)."""
+    example = {"error": {"reason": reason.value, "message": message}}
+    return {"model": ErrorResponse, "description": description, "content": {"application/json": {"example": example}}}
+
+
+UNAUTHORIZED = _error(
+    "API keys are configured and `X-API-Key` is missing or wrong.",
+    Reason.unauthorized, "missing X-API-Key header: this service requires an API key",
+)
+BAD_QUERY = _error(
+    "An invalid query parameter (in this service's one error shape).",
+    Reason.invalid_request, "query.layer_embeddings: Input should be a valid boolean, unable to interpret input",
+)
+#: error responses shown in OpenAPI for the upload routes, each with an example of its own
 UPLOAD_ERRORS: dict[int | str, dict[str, Any]] = {
-    401: {"model": ErrorResponse, "description": "API keys are configured and `X-API-Key` is missing or wrong."},
-    413: {"model": ErrorResponse, "description": "Upload larger than SNE_MAX_UPLOAD_BYTES (refused while streaming)."},
-    415: {"model": ErrorResponse, "description": "Not a safetensors file (pickle, zip, other)."},
-    422: {"model": ErrorResponse, "description": "Malformed safetensors, no float weights, a layer too large, ..."},
-    503: {"model": ErrorResponse, "description": "Queue full or shutting down; retry after `Retry-After` seconds."},
+    400: _error(
+        "A malformed HTTP body: broken multipart, bad Content-Length, or the client hung up mid-upload.",
+        Reason.bad_multipart, "multipart/form-data without a boundary parameter",
+    ),
+    401: UNAUTHORIZED,
+    413: _error(
+        "Upload larger than SNE_MAX_UPLOAD_BYTES (refused while streaming), or too many files.",
+        Reason.too_large,
+        "upload of 2147483648 bytes exceeds the limit of 1073741824 bytes (SNE_MAX_UPLOAD_BYTES)",
+    ),
+    415: _error(
+        "Not a safetensors file (reason pickle, zip or not_safetensors).",
+        Reason.pickle,
+        "this is a Python pickle (torch.save .pt/.bin); pickles can run code and are never loaded. "
+        "Save the state_dict with safetensors.torch.save_file instead.",
+    ),
+    422: _error(
+        "Malformed safetensors (truncated, bad_header, bad_offsets, ...), no float weights, a layer too large "
+        "to encode, or an invalid query parameter.",
+        Reason.truncated, "header claims 4120 bytes but the file has only 310 after it",
+    ),
+    503: _error(
+        "Queue full, shutting down or still starting; retry after `Retry-After` seconds.",
+        Reason.queue_full, "256 checkpoints are already waiting (SNE_QUEUE_LIMIT); retry shortly",
+    ),
 }
+
+
+def predictor_warning(predictor: Predictor) -> str | None:
+    """The warning every answer of an untrained predictor carries."""
+    if predictor.trained:
+        return None
+    return (
+        f"predictor {predictor.name} ({predictor.version}) is UNTRAINED: random weights, so the predicted accuracy, "
+        "its interval and the OOD score carry no information. Serve a trained predictor (SNE_PREDICTOR_PATH)."
+    )
+
+
+def encode_response(
+    encoding: Encoding, predictor: Predictor, *, total_ms: float, with_layer_embeddings: bool = False
+) -> EncodeResponse:
+    """The `/v1/encode` body for one encoding; `total_ms` is the caller's end-to-end time (upload included)."""
+    p = encoding.prediction
+    extra = {"layer_embeddings": p.layer_embeddings.tolist()} if with_layer_embeddings else {}  # else: absent
+    return EncodeResponse(
+        sha256=encoding.sha256,
+        predictor=PredictorRef(name=predictor.name, version=predictor.version, trained=predictor.trained),
+        embedding=p.embedding.tolist(),
+        predicted_accuracy=p.accuracy,
+        predicted_gap=p.gap,
+        interval=Interval(low=p.low, high=p.high, coverage=p.coverage),
+        ood=OOD(score=p.ood_score, flag=p.ood_flag, threshold=predictor.card.ood.threshold),
+        layers=[LayerInfo(**row.as_dict()) for row in encoding.layers],
+        skipped=[SkippedTensor(**s) for s in encoding.skipped],
+        cached=encoding.cached,
+        warning=predictor_warning(predictor),
+        timings=Timings(
+            parse_ms=round(encoding.times.parse_ms, 3),
+            queue_ms=round(encoding.times.queue_ms, 3),
+            encode_ms=round(encoding.times.encode_ms, 3),
+            total_ms=round(total_ms, 3),
+        ),
+        **extra,
+    )

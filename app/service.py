@@ -8,16 +8,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from dataclasses import dataclass
+from dataclasses import replace
 
 import anyio
 import torch
 
 from app.cache import ResultCache, cache_key
-from app.errors import APIError
+from app.encoding import Encoding
+from app.errors import APIError, Reason
 from app.metrics import OOD_FLAGS, PARSE_FAILURES, PREDICTED_ACCURACY
 from app.parsing import ParsedCheckpoint, parse_upload
-from app.results import EncodeResult
 from app.settings import Settings
 from app.uploads import Upload
 from app.worker import BatchWorker
@@ -25,17 +25,6 @@ from model.errors import CheckpointError
 from model.predictor import Predictor
 
 log = logging.getLogger("sne.service")
-
-
-@dataclass
-class Answer:
-    sha256: str
-    result: EncodeResult
-    cached: bool
-    parse_ms: float = 0.0
-    queue_ms: float = 0.0
-    encode_ms: float = 0.0
-    batch_size: int = 0
 
 
 class EncodeService:
@@ -56,12 +45,12 @@ class EncodeService:
         return cache_key(self.settings.cache_prefix, self.predictor.version, sha256)
 
     # ----------------------------------------------------------------------------------- public
-    async def encode(self, upload: Upload) -> Answer:
-        """The answer for one upload (which this call takes over and closes)."""
+    async def encode(self, upload: Upload) -> Encoding:
+        """The encoding of one upload (which this call takes over and closes); `cached` when from the cache."""
         try:
             if self._closing:
                 raise APIError(
-                    503, "shutting_down", "the service is shutting down; retry on another instance",
+                    503, Reason.shutting_down, "the service is shutting down; retry on another instance",
                     {"Retry-After": str(self.settings.retry_after_seconds)},
                 )
             hit = await self.cache.get(self.key(upload.sha256))
@@ -70,8 +59,8 @@ class EncodeService:
             raise
         if hit is not None:
             upload.close()
-            OOD_FLAGS.inc(hit.ood_flag)
-            return Answer(upload.sha256, hit, cached=True)
+            OOD_FLAGS.inc(hit.prediction.ood_flag)
+            return hit
         task = self._inflight.get(upload.sha256)
         if task is None:
             task = asyncio.create_task(self._compute(upload), name=f"encode-{upload.sha256[:12]}")
@@ -86,7 +75,7 @@ class EncodeService:
         self._closing = True
         tasks = list(self._inflight.values())
         if tasks:
-            done, pending = await asyncio.wait(tasks, timeout=timeout)
+            _, pending = await asyncio.wait(tasks, timeout=timeout)
             if pending:
                 log.warning("%d encode(s) still running at shutdown", len(pending))
 
@@ -122,10 +111,10 @@ class EncodeService:
                 return await anyio.to_thread.run_sync(job, abandon_on_cancel=True)
         except TimeoutError:
             raise CheckpointError(
-                "parse_timeout", f"reading this checkpoint took longer than {timeout:g} s (SNE_PARSE_TIMEOUT_SECONDS)"
+                Reason.parse_timeout, f"reading this checkpoint took longer than {timeout:g} s (SNE_PARSE_TIMEOUT_SECONDS)"
             ) from None
 
-    async def _compute(self, upload: Upload) -> Answer:
+    async def _compute(self, upload: Upload) -> Encoding:
         try:
             parsed = await self._parse(upload)
         except CheckpointError as e:
@@ -134,28 +123,28 @@ class EncodeService:
         finally:
             upload.close()
         try:
-            outcome = await self.worker.submit(parsed)
+            prediction, times = await self.worker.submit(parsed)
         except APIError:
             raise
         except torch.OutOfMemoryError:
             raise APIError(
-                422, "too_large_to_encode",
+                422, Reason.too_large_to_encode,
                 f"this checkpoint ({parsed.n_chunks} chunks) does not fit in the encoder's device memory",
             ) from None
         except Exception as e:
             log.exception("encoding %s failed", upload.sha256)
-            raise APIError(500, "encode_failed", f"the encoder failed on this checkpoint ({type(e).__name__})") from None
-        result = EncodeResult.from_prediction(outcome.prediction, parsed)
-        if not result.is_finite():
-            PARSE_FAILURES.labels(reason="non_finite_output").inc()
+            raise APIError(500, Reason.encode_failed, f"the encoder failed on this checkpoint ({type(e).__name__})") from None
+        if not prediction.is_finite():
+            PARSE_FAILURES.labels(reason=Reason.non_finite_output).inc()
             raise APIError(
-                422, "non_finite_output",
+                422, Reason.non_finite_output,
                 "the encoder produced NaN/Inf for this checkpoint (its weights are too extreme to encode)",
             )
-        PREDICTED_ACCURACY.observe(result.accuracy)
-        OOD_FLAGS.inc(result.ood_flag)
-        await self.cache.set(self.key(upload.sha256), result)
-        return Answer(
-            upload.sha256, result, cached=False, parse_ms=parsed.parse_ms, queue_ms=outcome.queue_ms,
-            encode_ms=outcome.encode_ms, batch_size=outcome.batch_size,
+        PREDICTED_ACCURACY.observe(prediction.accuracy)
+        OOD_FLAGS.inc(prediction.ood_flag)
+        encoding = Encoding(
+            upload.sha256, prediction, parsed.layers, parsed.skipped, cached=False,
+            times=replace(times, parse_ms=parsed.parse_ms),
         )
+        await self.cache.set(self.key(upload.sha256), encoding)
+        return encoding

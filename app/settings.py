@@ -1,9 +1,9 @@
 """One place for the service's configuration: every field is an `SNE_*` environment variable."""
 from __future__ import annotations
 
+import json
 from functools import lru_cache
 from pathlib import Path
-import json
 from typing import Annotated, Literal
 
 from pydantic import Field, field_validator
@@ -86,7 +86,7 @@ class Settings(BaseSettings):
     log_format: Literal["text", "json"] = Field(
         "text", description="`json`: one JSON object per log line (python-json-logger), with the request id."
     )
-    docs: bool = Field(True, description="Serve `/docs`, `/redoc` and `/openapi.json`; `false` turns all three off.")
+    docs: bool = Field(True, description="Serve `/docs` (Swagger UI) and `/openapi.json`; `false` turns both off (404).")
 
     @field_validator("api_keys", mode="before")
     @classmethod

@@ -24,21 +24,14 @@ from dataclasses import dataclass
 
 import torch
 
-from app.errors import APIError
+from app.encoding import StageTimes
+from app.errors import APIError, Reason
 from app.metrics import BATCH_SIZE, ENCODE_DURATION, QUEUE_DEPTH
 from app.parsing import ParsedCheckpoint
 from model.packing import pack
 from model.predictor import Prediction, Predictor
 
 log = logging.getLogger("sne.worker")
-
-
-@dataclass
-class EncodeOutcome:
-    prediction: Prediction
-    queue_ms: float  # from submission to the start of its batch's forward
-    encode_ms: float  # wall time of that forward (pack included)
-    batch_size: int
 
 
 @dataclass
@@ -74,7 +67,7 @@ class BatchWorker:
         self._stopping = False  # no new submissions
         self._draining = False  # no more waiting for batches to fill (shutdown has begun)
         self._aborted = False  # shutdown ran out of time: take no further batch
-        self.batches = 0  # forwards run (tests and /readyz)
+        self.batches = 0  # forwards run
         self.encoded = 0  # checkpoints encoded
 
     # ----------------------------------------------------------------------------------- lifecycle
@@ -111,30 +104,33 @@ class BatchWorker:
                 self._task.cancel()
                 try:
                     await self._task
-                except (asyncio.CancelledError, Exception):
-                    pass
+                except asyncio.CancelledError:
+                    log.debug("worker loop cancelled")
+                except Exception:
+                    log.exception("worker loop failed while stopping")
             except Exception:
                 log.exception("worker loop failed")
         while self._queue:  # anything left after a timeout
             job = self._queue.popleft()
             if not job.future.done():
-                job.future.set_exception(self._unavailable("shutting_down", "the service is shutting down"))
+                job.future.set_exception(self._unavailable(Reason.shutting_down, "the service is shutting down"))
         QUEUE_DEPTH.set(0)
         if self._executor is not None:
             self._executor.shutdown(wait=False, cancel_futures=True)
             self._executor = None
 
     # ----------------------------------------------------------------------------------- submission
-    def _unavailable(self, reason: str, message: str) -> APIError:
+    def _unavailable(self, reason: Reason, message: str) -> APIError:
         return APIError(503, reason, message, {"Retry-After": self.retry_after})
 
-    async def submit(self, parsed: ParsedCheckpoint) -> EncodeOutcome:
-        """Queue one parsed checkpoint and wait for its prediction; 503 when the queue is full or stopping."""
+    async def submit(self, parsed: ParsedCheckpoint) -> tuple[Prediction, StageTimes]:
+        """Queue one parsed checkpoint and wait for its prediction and the queue/forward times (parse_ms 0);
+        503 when the queue is full or stopping."""
         if self._stopping or self._task is None or self._task.done():
-            raise self._unavailable("shutting_down", "the service is shutting down; retry on another instance")
+            raise self._unavailable(Reason.shutting_down, "the service is shutting down; retry on another instance")
         if len(self._queue) >= self.queue_limit:
             raise self._unavailable(
-                "queue_full", f"{len(self._queue)} checkpoints are already waiting (SNE_QUEUE_LIMIT); retry shortly"
+                Reason.queue_full, f"{len(self._queue)} checkpoints are already waiting (SNE_QUEUE_LIMIT); retry shortly"
             )
         future = asyncio.get_running_loop().create_future()
         self._queue.append(_Job(parsed, future, time.perf_counter()))
@@ -201,9 +197,9 @@ class BatchWorker:
             except asyncio.CancelledError:  # stop() gave up waiting: answer this batch, never leave it hanging
                 for job in batch:
                     if not job.future.done():
-                        job.future.set_exception(self._unavailable("shutting_down", "the service is shutting down"))
+                        job.future.set_exception(self._unavailable(Reason.shutting_down, "the service is shutting down"))
                 raise
-            except Exception as e:  # the executor itself failed (shut down): answer, never hang
+            except Exception as e:  # noqa: BLE001 - the executor itself failed (shut down): answer, never hang
                 results = [e] * len(batch)
             elapsed = time.perf_counter() - started
             self.batches += 1
@@ -216,9 +212,8 @@ class BatchWorker:
                 if isinstance(res, BaseException):
                     job.future.set_exception(res)
                 else:
-                    job.future.set_result(
-                        EncodeOutcome(res, (started - job.enqueued) * 1000, elapsed * 1000, len(batch))
-                    )
+                    times = StageTimes(0.0, (started - job.enqueued) * 1000, elapsed * 1000, len(batch))
+                    job.future.set_result((res, times))
 
     def _forward(self, items: list[ParsedCheckpoint]) -> list[Prediction | BaseException]:
         """Runs in the forward thread: pack + one forward; on failure, each checkpoint alone."""

@@ -8,12 +8,16 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
-from typing import Sequence
+from typing import Any
 
+import numpy as np
 import torch
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from safetensors.torch import load_file, save_file
 
 from model.checkpoint import Checkpoint
@@ -27,17 +31,118 @@ DEFAULT_LEVEL = "0.90"
 OOD_K = 5
 
 
-@dataclass
+def _finite_or_none(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite_or_none(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_finite_or_none(v) for v in value]
+    return value
+
+
+class _CardPart(BaseModel):
+    """A section of the card: the fields code reads are typed; whatever else a trainer wrote is kept."""
+
+    model_config = ConfigDict(extra="allow")
+
+
+class ZooInfo(_CardPart):
+    dirs: list[str] = Field(default_factory=list, description="Zoo directories the predictor was trained on.")
+    archs: list[str] = Field(default_factory=list)
+    datasets: list[str] = Field(default_factory=list)
+
+
+class Metrics(_CardPart):
+    val: dict[str, float | None] = Field(default_factory=dict, description="Kendall tau etc. on the val split.")
+    kendall_tau: dict[str, dict[str, float | None]] = Field(
+        default_factory=dict,
+        description="Per evaluation (in_distribution, cross_dataset, cross_arch), a tau per method (sne and each "
+        "baseline by name); null where a method does not apply.",
+    )
+
+
+class Conformal(_CardPart):
+    method: str | None = None
+    n_calibration: int | None = None
+    accuracy: dict[str, float | None] = Field(
+        default_factory=dict,
+        description="Half-width of the accuracy interval per level; null when infinite (too few calibration points).",
+    )
+    gap: dict[str, float | None] = Field(default_factory=dict)
+
+    def half_width(self, level: str = "0.90") -> float | None:
+        """The accuracy interval's half-width at `level`: None when uncalibrated there, inf when unbounded."""
+        if level not in self.accuracy:
+            return None
+        q = self.accuracy[level]
+        return math.inf if q is None else q
+
+
+class OODInfo(_CardPart):
+    method: str | None = None
+    k: int = OOD_K
+    threshold: float | None = Field(default=None, description="kNN distance beyond which a checkpoint is flagged.")
+    quantile: float | None = None
+    n_reference: int | None = None
+
+
+class PredictorCard(_CardPart):
+    """`card.json`, validated once when the predictor is built: what it is, how it was trained and evaluated,
+    its calibration and OOD threshold."""
+
+    name: str
+    version: str
+    trained: bool = False
+    created: str | None = None
+    note: str | None = None
+    config: SNEConfig
+    predicts_gap: bool = False
+    zoo: ZooInfo = Field(default_factory=ZooInfo)
+    splits: dict[str, int | str] = Field(default_factory=dict)
+    metrics: Metrics = Field(default_factory=Metrics)
+    conformal: Conformal = Field(default_factory=Conformal)
+    ood: OODInfo = Field(default_factory=OODInfo)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _nan_is_null(cls, data: Any) -> Any:
+        """NaN (a metric that could not be computed) and inf (an unbounded quantile) are null: the card
+        stays strict JSON everywhere."""
+        return _finite_or_none(data)
+
+    def updated(self, **changes: object) -> PredictorCard:
+        """A copy with `changes` applied, validated like a card read from disk."""
+        return PredictorCard.model_validate({**self.model_dump(), **changes})
+
+    def to_json(self) -> str:
+        """What `card.json` holds (strict JSON)."""
+        return self.model_dump_json(indent=2) + "\n"
+
+
+@dataclass(frozen=True, eq=False)  # eq=False: arrays have no single truth value
 class Prediction:
-    embedding: list[float]
-    layer_embeddings: list[list[float]]
+    """What the predictor says about one checkpoint: the one result type from the forward pass to every
+    consumer (worker, cache, service, CLI). Embeddings stay float32 arrays until a response serialises them."""
+
+    embedding: np.ndarray  # [E] float32, the network embedding
+    layer_embeddings: np.ndarray  # [L, H] float32, one row per encoded layer, in depth order
     accuracy: float
-    gap: float | None
+    gap: float | None  # predicted train-test gap; None without a gap head
     low: float
     high: float
     coverage: float | None  # nominal coverage of [low, high]; None when uncalibrated
-    ood_score: float | None
+    ood_score: float | None  # kNN distance to the training zoo; None without a reference
     ood_flag: bool
+
+    def is_finite(self) -> bool:
+        """False when the encoder produced NaN/Inf (extreme weights): such a prediction is never served."""
+        scalars = [self.accuracy, self.low, self.high] + [v for v in (self.gap, self.ood_score) if v is not None]
+        return (
+            all(math.isfinite(v) for v in scalars)
+            and bool(np.isfinite(self.embedding).all())
+            and bool(np.isfinite(self.layer_embeddings).all())
+        )
 
 
 def knn_score(emb: torch.Tensor, reference: torch.Tensor, k: int = OOD_K) -> torch.Tensor:
@@ -49,9 +154,9 @@ def knn_score(emb: torch.Tensor, reference: torch.Tensor, k: int = OOD_K) -> tor
 class Predictor:
     """SNE weights plus what the service needs to answer honestly about them."""
 
-    def __init__(self, model: SNE, card: dict, reference: torch.Tensor | None = None) -> None:
+    def __init__(self, model: SNE, card: PredictorCard | dict, reference: torch.Tensor | None = None) -> None:
         self.model = model.eval()
-        self.card = card
+        self.card = card if isinstance(card, PredictorCard) else PredictorCard.model_validate(card)
         self.reference = reference
         self.device = torch.device("cpu")
 
@@ -62,34 +167,34 @@ class Predictor:
 
     @property
     def name(self) -> str:
-        return self.card["name"]
+        return self.card.name
 
     @property
     def version(self) -> str:
-        return self.card["version"]
+        return self.card.version
 
     @property
     def trained(self) -> bool:
-        return bool(self.card.get("trained", False))
+        return self.card.trained
 
     # ----------------------------------------------------------------------------------- load/save
     @classmethod
-    def load(cls, path: str | Path | None = None) -> "Predictor":
+    def load(cls, path: str | Path | None = None) -> Predictor:
         """The predictor at `path`; with None the shipped default, or an untrained one if none ships."""
         if path is None:
             if not (DEFAULT_PREDICTOR_DIR / "card.json").exists():
                 return cls.untrained()
             path = DEFAULT_PREDICTOR_DIR
         path = Path(path)
-        card = json.loads((path / "card.json").read_text())
-        model = SNE(SNEConfig(**card["config"]))
+        card = PredictorCard.model_validate(json.loads((path / "card.json").read_text()))  # json: NaN allowed
+        model = SNE(card.config)
         model.load_state_dict(load_file(path / "model.safetensors"))
         ref_path = path / "reference.safetensors"
         reference = load_file(ref_path)["embeddings"].float() if ref_path.exists() else None
         return cls(model, card, reference)
 
     @classmethod
-    def untrained(cls, config: str = "small", seed: int = 0) -> "Predictor":
+    def untrained(cls, config: str = "small", seed: int = 0) -> Predictor:
         """Randomly initialised weights, labelled as such: predictions carry no information."""
         torch.manual_seed(seed)
         model = SNE(get_config(config))
@@ -98,7 +203,7 @@ class Predictor:
             "version": f"untrained-{weights_digest(model)}",
             "trained": False,
             "created": date.today().isoformat(),
-            "config": model.cfg.model_dump(),
+            "config": model.cfg,
             "note": "UNTRAINED: random weights; predicted accuracies are meaningless. Train one with `sne train`.",
             "metrics": {},
             "conformal": {},
@@ -112,9 +217,9 @@ class Predictor:
         save_file({k: v.detach().cpu().contiguous() for k, v in self.model.state_dict().items()}, path / "model.safetensors")
         if self.reference is not None:
             save_file({"embeddings": self.reference.to(torch.float16).contiguous()}, path / "reference.safetensors")
-        (path / "card.json").write_text(json.dumps(self.card, indent=2) + "\n")
+        (path / "card.json").write_text(self.card.to_json())
 
-    def to(self, device: str | torch.device) -> "Predictor":
+    def to(self, device: str | torch.device) -> Predictor:
         self.device = torch.device(device)
         self.model.to(self.device)
         if self.reference is not None:
@@ -130,13 +235,14 @@ class Predictor:
         batch = batch.to(self.device)
         with torch.autocast(self.device.type, dtype=autocast, enabled=autocast is not None):
             out = self.model(batch)
-        emb = out.embedding.float()
-        acc = out.accuracy.float().cpu()
-        gap = out.gap.float().cpu() if self.card.get("predicts_gap") else None
-        q = self.card.get("conformal", {}).get("accuracy", {}).get(DEFAULT_LEVEL)
-        ood = self.card.get("ood", {})
+        emb = out.embedding.float()  # [B, E]
+        emb_np = emb.cpu().numpy()  # [B, E] float32
+        acc = out.accuracy.float().cpu()  # [B]
+        gap = out.gap.float().cpu() if self.card.predicts_gap else None  # [B]
+        q = self.card.conformal.half_width(DEFAULT_LEVEL)
+        threshold = self.card.ood.threshold
         score = knn_score(emb, self.reference).cpu() if self.reference is not None else None
-        layers = out.layer_embeddings.float().cpu()
+        layers = out.layer_embeddings.float().cpu().numpy()  # [sum L, H] float32
         results = []
         for i in range(batch.n_checkpoints):
             a = float(acc[i])
@@ -145,15 +251,15 @@ class Predictor:
             start, n = int(batch.ckpt_start[i]), int(batch.ckpt_len[i])
             results.append(
                 Prediction(
-                    embedding=emb[i].cpu().tolist(),
-                    layer_embeddings=layers[start : start + n].tolist(),
+                    embedding=emb_np[i].copy(),  # [E]
+                    layer_embeddings=layers[start : start + n].copy(),  # [L, H]
                     accuracy=a,
                     gap=float(gap[i]) if gap is not None else None,
                     low=lo,
                     high=hi,
                     coverage=float(DEFAULT_LEVEL) if q is not None else None,
                     ood_score=s,
-                    ood_flag=bool(s is not None and ood.get("threshold") is not None and s > ood["threshold"]),
+                    ood_flag=bool(s is not None and threshold is not None and s > threshold),
                 )
             )
         return results

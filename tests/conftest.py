@@ -1,4 +1,4 @@
-"""Shared helpers of the service tests (tests/test_service*.py, test_cache*.py, test_worker*.py).
+"""Shared helpers of the service and gate tests (test_service*.py, test_cache*.py, test_worker*.py, test_gate.py).
 
 * `svc_predictor_dir`: a calibrated fixture predictor (random weights, made-up conformal quantile, OOD
   reference of a few CNNs, gap head on, a card with Kendall-tau metrics) saved once per session.
@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import AsyncIterator, Iterator
 
 import httpx
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import save
@@ -81,8 +82,8 @@ def unique_seed() -> int:
 def make_predictor_dir(out: Path) -> Path:
     pred = Predictor.untrained()
     ref = [load_checkpoint(ckpt_bytes("cnn", s)) for s in range(1001, 1006)]
-    pred.reference = torch.tensor([p.embedding for p in pred.predict(ref)])
-    pred.card.update(
+    pred.reference = torch.from_numpy(np.stack([p.embedding for p in pred.predict(ref)]))
+    pred.card = pred.card.updated(
         name="svc-fixture",
         version="svc-" + pred.version.split("-")[-1],
         trained=True,

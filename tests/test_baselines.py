@@ -1,14 +1,20 @@
-"""STATNN and flat-weight MLP baselines (model/baselines.py) on tiny synthetic state dicts."""
+"""STATNN and flat-weight MLP baselines (model/evaluation/baselines.py) on tiny synthetic state dicts."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 import torch
 
-from model.baselines import FlatMLP, StatNN, fit_predict, flat_features, statnn_features
-from model.metrics import kendall_tau
+from model.evaluation.baselines import (
+    FlatMLP,
+    StatNN,
+    fit_predict,
+    flat_features,
+    statnn_features,
+)
+from model.evaluation.metrics import kendall_tau
 
-torch.set_num_threads(2)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 # a tiny CNN-like state dict: 6 floating tensors, 754 parameters
 SHAPES: dict[str, tuple[int, ...]] = {
@@ -91,7 +97,7 @@ def test_flat_mlp_deterministic() -> None:
     rng = np.random.default_rng(0)
     X = rng.normal(size=(120, 50)).astype(np.float32)
     y = 1 / (1 + np.exp(-X[:, 0]))
-    kw = dict(hidden=(32, 16), max_epochs=5, seed=3)
+    kw = {"hidden": (32, 16), "max_epochs": 5, "seed": 3}
     before = torch.get_rng_state()
     p1 = FlatMLP(**kw).fit(X[:100], y[:100]).predict(X[100:])
     p2 = FlatMLP(**kw).fit(X[:100], y[:100]).predict(X[100:])

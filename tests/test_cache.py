@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 import redis
 
-from app.cache import LRUCache, RedisCache, cache_key, pack_result, unpack_result
+from app.cache import MAGIC, LRUCache, RedisCache, cache_key, pack_encoding, unpack_encoding
 from app.parsing import LayerRow
-from app.results import EncodeResult
+from model.predictor import Prediction
+from app.encoding import Encoding, StageTimes
 from tests.conftest import (
     ckpt_bytes,
     metric_value,
@@ -23,9 +24,9 @@ from tests.conftest import (
 pytestmark = pytest.mark.anyio
 
 
-def sample_result(seed: int = 0, gap: float | None = 0.02) -> EncodeResult:
+def sample_result(seed: int = 0, gap: float | None = 0.02) -> Encoding:
     rng = np.random.default_rng(seed)
-    return EncodeResult(
+    prediction = Prediction(
         embedding=rng.standard_normal(64).astype(np.float32),
         layer_embeddings=rng.standard_normal((3, 32)).astype(np.float32),
         accuracy=0.8125,
@@ -35,6 +36,11 @@ def sample_result(seed: int = 0, gap: float | None = 0.02) -> EncodeResult:
         coverage=0.9,
         ood_score=None,
         ood_flag=False,
+    )
+    return Encoding(
+        sha256=f"{seed:064x}",
+        prediction=prediction,
+        times=StageTimes(1.0, 2.0, 3.0, 4),
         layers=[LayerRow("features.0", "conv2d", 0, [16, 1, 3, 3], 160, 17), LayerRow("fc", "linear", 1, [10, 16], 170, 11),
                 LayerRow("bn", "norm", 2, [16], 32, 2)],
         skipped=[{"name": "bn.num_batches_tracked", "dtype": "I64", "shape": [], "reason": "integer tensor"}],
@@ -42,19 +48,22 @@ def sample_result(seed: int = 0, gap: float | None = 0.02) -> EncodeResult:
 
 
 def test_record_roundtrip_is_exact_and_compact():
-    r = sample_result()
-    raw = pack_result(r)
-    back = unpack_result(raw)
+    enc = sample_result()
+    raw = pack_encoding(enc)
+    back_enc = unpack_encoding(raw)
+    r, back = enc.prediction, back_enc.prediction
     assert np.array_equal(back.embedding, r.embedding) and back.embedding.dtype == np.float32
-    assert np.array_equal(back.layer_embeddings, r.layer_embeddings)
+    assert np.array_equal(back.layer_embeddings, r.layer_embeddings) and back.layer_embeddings.dtype == np.float32
     assert (back.accuracy, back.gap, back.low, back.high, back.coverage, back.ood_score, back.ood_flag) == (
         0.8125, 0.02, 0.76, 0.86, 0.9, None, False)
-    assert back.layers == r.layers and back.skipped == r.skipped
+    assert back_enc.layers == enc.layers and back_enc.skipped == enc.skipped and back_enc.sha256 == enc.sha256
+    # a record describes the checkpoint; a read of it is a cache hit with no stage times of its own
+    assert back_enc.cached is True and back_enc.times == StageTimes()
     as_json = json.dumps({"e": r.embedding.tolist(), "l": r.layer_embeddings.tolist()})
     assert len(raw) < 4 * (64 + 96) + 600 < len(as_json)  # float32 bytes + a small header, not JSON floats
     for bad in (b"", b"nope", raw[:-4], b"XXXX" + raw[4:], raw[:10]):
         with pytest.raises(ValueError):
-            unpack_result(bad)
+            unpack_encoding(bad)
 
 
 async def test_lru_evicts_and_counts():
@@ -91,7 +100,7 @@ async def test_redis_hit_on_second_upload(svc_predictor_dir, redis_url):
     key = cache_key(prefix, first["predictor"]["version"], first["sha256"])
     assert 590 <= r.ttl(key) <= 600
     stored = r.get(key)
-    assert stored[:4] == b"SNE1" and len(stored) < 4 * (64 + 4 * 32) + 1000  # float32 bytes, not JSON floats
+    assert stored[:4] == MAGIC and len(stored) < 4 * (64 + 4 * 32) + 1000  # float32 bytes, not JSON floats
     r.close()
 
 

@@ -6,6 +6,7 @@ import pytest
 import torch
 from safetensors.torch import save
 
+from app.errors import checkpoint_status
 from model.checkpoint import LayerKind, load_checkpoint, natural_key, split_name
 from model.errors import CheckpointError
 from tests.nets import BUILDERS, checkpoint_bytes, checkpoint_file, resnet, state
@@ -127,7 +128,7 @@ def test_bad_input_one_typed_error(case, tmp_path):
         with pytest.raises(CheckpointError) as e:
             load_checkpoint(source)
         assert e.value.reason == reason, str(e.value)
-        assert e.value.http_status == status
+        assert checkpoint_status(e.value) == status
         assert len(str(e.value)) > 10
 
 

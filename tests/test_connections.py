@@ -189,9 +189,11 @@ async def test_batch_route_takes_multipart_only(svc_predictor_dir) -> None:
 @pytest.mark.parametrize("docs", [True, False])
 async def test_docs_switch(svc_predictor_dir, docs: bool) -> None:
     async with running_app(settings_for(svc_predictor_dir, docs=docs)) as client:
-        for path in ("/docs", "/redoc", "/openapi.json"):
+        for path in ("/docs", "/openapi.json"):
             assert (await client.get(path)).status_code == (200 if docs else 404), path
+        assert (await client.get("/redoc")).status_code == 404  # never served (C: no offline ReDoc)
         assert (await client.get("/healthz")).status_code == 200
+        assert (await client.get("/")).status_code == 200
 
 
 async def test_readyz_reports_a_down_redis_without_its_error_text(svc_predictor_dir) -> None:

@@ -11,38 +11,17 @@ from pathlib import Path
 
 import httpx
 import pytest
-import typer
 from typer.testing import CliRunner
 
-from app.gate import (
-    EXIT_ERROR, EXIT_FAIL, EXIT_PASS, decide, error_verdict, exit_code, gate_command, gate_remote,
-    render_markdown, retry_after_seconds,
+from app.cli import app as CLI
+from app.cli.gate import (
+    EXIT_ERROR, EXIT_FAIL, EXIT_PASS, decide, error_verdict, exit_code, gate_remote, render_markdown, retry_after_seconds,
 )
 from model.checkpoint import load_checkpoint
 from model.predictor import Predictor
-from tests.gate_fixtures import (
-    FIXTURE_OOD_THRESHOLD, FIXTURE_Q, build_app, free_port, live_server, make_fixture_predictor, patched_env,
-)
+from tests.conftest import FIXTURE_OOD_THRESHOLD, FIXTURE_Q, free_port, live_server, settings_for
 from tests.nets import checkpoint_file
 
-
-def _cli() -> typer.Typer:
-    """`model.cli.app` when it already has `gate`; otherwise a fresh app with just the gate registered."""
-    from model.cli import app as cli
-
-    if "gate" in getattr(typer.main.get_command(cli), "commands", {}):
-        return cli
-    fresh = typer.Typer(add_completion=False)
-    fresh.command("gate")(gate_command)
-
-    @fresh.callback()
-    def _group() -> None:  # keeps `gate` a subcommand (a one-command app would swallow the name)
-        pass
-
-    return fresh
-
-
-CLI = _cli()
 RUNNER = CliRunner()
 CLEAN_ENV = {"GITHUB_STEP_SUMMARY": None, "SNE_API_KEY": None, "SNE_URL": None}
 
@@ -207,14 +186,6 @@ def test_remote_unreadable_file_is_an_error_without_a_request(files):
 
 
 @pytest.fixture(scope="module")
-def untrained_dir(tmp_path_factory) -> str:
-    """An untrained predictor saved as a directory: the gate must warn that its verdicts mean nothing."""
-    out = tmp_path_factory.mktemp("untrained")
-    Predictor.untrained().save(out)
-    return str(out)
-
-
-@pytest.fixture(scope="module")
 def untrained_acc(files, untrained_dir) -> dict[str, float]:
     pred = Predictor.load(untrained_dir)
     assert not pred.trained
@@ -231,10 +202,10 @@ def test_default_predictor_is_trained_and_gates_without_warning(files):
 
 def test_local_pass_fail_and_untrained_warning(files, untrained_acc, untrained_dir):
     acc = untrained_acc["arch1"]
-    ok = gate(files["arch1"], "--min-accuracy", acc - 0.01, "--local", SNE_PREDICTOR_PATH=untrained_dir)
+    ok = gate(files["arch1"], "--min-accuracy", acc - 0.01, "--local", SNE_PREDICTOR_PATH=str(untrained_dir))
     assert ok.exit_code == 0, ok.output
     assert "PASS" in ok.stdout and "UNTRAINED" in ok.stderr
-    bad = gate(files["arch1"], "--min-accuracy", acc + 0.01, "--local", "--json", SNE_PREDICTOR_PATH=untrained_dir)
+    bad = gate(files["arch1"], "--min-accuracy", acc + 0.01, "--local", "--json", SNE_PREDICTOR_PATH=str(untrained_dir))
     assert bad.exit_code == 1
     report = as_json(bad)
     assert report["passed"] is False and report["exit_code"] == 1 and report["untrained_predictor"] is True
@@ -247,14 +218,14 @@ def test_local_pass_fail_and_untrained_warning(files, untrained_acc, untrained_d
 def test_local_errors_exit_2(files, untrained_acc, untrained_dir):
     low = untrained_acc["arch1"] - 0.01
     for f in ("pickle", "noise", "missing"):
-        res = gate(files[f], "--min-accuracy", low, "--local", "--json", SNE_PREDICTOR_PATH=untrained_dir)
+        res = gate(files[f], "--min-accuracy", low, "--local", "--json", SNE_PREDICTOR_PATH=str(untrained_dir))
         assert res.exit_code == 2, (f, res.output)
         (r,) = as_json(res)["results"]
         assert r["status"] == "error" and r["error"]["message"]
-    res = gate(files["pickle"], "--min-accuracy", low, "--local", "--json", SNE_PREDICTOR_PATH=untrained_dir)
+    res = gate(files["pickle"], "--min-accuracy", low, "--local", "--json", SNE_PREDICTOR_PATH=str(untrained_dir))
     assert as_json(res)["results"][0]["error"]["reason"] == "pickle"
     # an error outranks a failure and a pass in the same run
-    res = gate(files["arch1"], files["missing"], "--min-accuracy", low, "--local", SNE_PREDICTOR_PATH=untrained_dir)
+    res = gate(files["arch1"], files["missing"], "--min-accuracy", low, "--local", SNE_PREDICTOR_PATH=str(untrained_dir))
     assert res.exit_code == 2 and "PASS" in res.stdout and "ERROR" in res.stdout
     res = gate(files["arch1"], "--min-accuracy", 0.5, "--local", "--predictor", files["missing"], "--json")
     assert res.exit_code == 2 and "cannot load the predictor" in as_json(res)["results"][0]["error"]["message"]
@@ -290,38 +261,18 @@ API_KEY = "gate-test-key"
 
 
 @pytest.fixture(scope="module")
-def predictor_dir(tmp_path_factory) -> Path:
-    return make_fixture_predictor(tmp_path_factory.mktemp("predictor"))
-
-
-@pytest.fixture(scope="module")
-def service(predictor_dir):
+def service(svc_predictor_dir):
     """The real FastAPI app with the fixture predictor and one API key, on a free port."""
-    try:
-        import app.main as main
-    except ModuleNotFoundError as e:
-        if e.name != "app.main":
-            raise
-        pytest.skip("app/main.py does not exist yet")
-    if not hasattr(main, "create_app"):
-        pytest.skip("app.main has no create_app")
-    from app.settings import get_settings
+    from app.main import create_app
 
-    env = {"SNE_PREDICTOR_PATH": str(predictor_dir), "SNE_API_KEYS": API_KEY, "SNE_REDIS_URL": None, "SNE_DEVICE": "cpu",
-           "SNE_WARMUP": "false"}
-    with patched_env(**env):
-        try:
-            asgi = build_app(predictor_path=predictor_dir, api_keys=[API_KEY], redis_url=None, device="cpu", warmup=False)
-            with live_server(asgi) as url:
-                yield url
-        finally:
-            get_settings.cache_clear()
+    with live_server(create_app(settings_for(svc_predictor_dir, api_keys=[API_KEY], warmup=False))) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
-def expected(predictor_dir, files) -> dict[str, object]:
+def expected(svc_predictor_dir, files) -> dict[str, object]:
     """What the fixture predictor says, computed directly: the gate must agree."""
-    pred = Predictor.load(predictor_dir)
+    pred = Predictor.load(svc_predictor_dir)
     return {k: pred.predict([load_checkpoint(files[k])])[0] for k in ("arch1", "mlp")}
 
 
@@ -343,7 +294,7 @@ def test_live_pass_and_fail(service, files, expected):
     assert r["interval"]["high"] == pytest.approx(acc + FIXTURE_Q, abs=1e-4)
     assert r["interval"]["coverage"] == pytest.approx(0.9)
     assert r["ood"]["flag"] is False and r["ood"]["threshold"] == pytest.approx(FIXTURE_OOD_THRESHOLD)
-    assert r["predictor"]["name"] == "gate-fixture" and r["predictor"]["trained"] is True
+    assert r["predictor"]["name"] == "svc-fixture" and r["predictor"]["trained"] is True
     assert len(r["sha256"]) == 64
 
     no = remote(service, files["arch1"], "--min-accuracy", round(acc + 0.01, 4))
@@ -405,14 +356,14 @@ def test_live_step_summary(service, files, expected, tmp_path):
     assert md.count("| File | Predicted | Interval | OOD | Verdict | Reason |") == 2
     assert "### SNE gate: ✅ passed" in md and "### SNE gate: ❌ failed" in md
     assert f"| `{files['arch1']}` | {acc:.3f} |" in md
-    assert "gate-fixture" in md and "@90%" in md
+    assert "svc-fixture" in md and "@90%" in md
 
 
-def test_local_matches_remote(service, files, predictor_dir, expected):
+def test_local_matches_remote(service, files, svc_predictor_dir, expected):
     bar = round(expected["arch1"].accuracy - 0.01, 4)
     args = (files["arch1"], files["mlp"], files["pickle"], "--min-accuracy", bar, "--fail-on-ood", "--json")
     rem = as_json(remote(service, *args))
-    loc = as_json(gate(*args, "--local", "--predictor", predictor_dir))
+    loc = as_json(gate(*args, "--local", "--predictor", svc_predictor_dir))
     assert rem["exit_code"] == loc["exit_code"] == 2
     assert [r["status"] for r in rem["results"]] == ["pass", "fail", "error"]
     for r, l in zip(rem["results"], loc["results"]):
@@ -421,4 +372,4 @@ def test_local_matches_remote(service, files, predictor_dir, expected):
             assert r["predicted_accuracy"] == pytest.approx(l["predicted_accuracy"], abs=1e-4)
             assert r["ood"]["flag"] == l["ood"]["flag"] and r["predictor"] == l["predictor"]
     ok = (files["arch1"], "--min-accuracy", round(expected["arch1"].accuracy - 0.01, 4), "--json")
-    assert remote(service, *ok).exit_code == gate(*ok, "--local", "--predictor", predictor_dir).exit_code == 0
+    assert remote(service, *ok).exit_code == gate(*ok, "--local", "--predictor", svc_predictor_dir).exit_code == 0

@@ -1,4 +1,4 @@
-"""Kendall tau and split-conformal intervals (model/metrics.py)."""
+"""Kendall tau and split-conformal intervals (model/evaluation/metrics.py)."""
 from __future__ import annotations
 
 import math
@@ -7,8 +7,13 @@ import numpy as np
 import pytest
 from scipy.stats import kendalltau
 
-from model.metrics import conformal_quantile, conformal_quantiles, coverage, interval, kendall_tau
-
+from model.evaluation.metrics import (
+    conformal_quantile,
+    conformal_quantiles,
+    coverage,
+    interval,
+    kendall_tau,
+)
 
 # ------------------------------------------------------------------------------------------- kendall tau
 

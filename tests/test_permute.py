@@ -1,4 +1,4 @@
-"""Hidden-unit permutations leave the network's function unchanged (model.permute)."""
+"""Hidden-unit permutations leave the network's function unchanged (model.zoo.permute)."""
 
 from __future__ import annotations
 
@@ -6,11 +6,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from model.archs import ARCH_SPECS, build_arch, get_spec
-from model.datasets import load_dataset
-from model.permute import permute_hidden, random_permute
-from model.zoo import HParams, init_state
-
+from model.zoo.archs import ARCH_SPECS, build_arch, get_spec
+from model.zoo.datasets import load_dataset
+from model.zoo.engine import init_state
+from model.zoo.permute import permute_hidden, random_permute
+from model.zoo.space import HParams
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

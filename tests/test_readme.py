@@ -31,7 +31,7 @@ def test_ci_runs_the_readme_test_command() -> None:
 
 
 def test_every_cli_command_is_documented() -> None:
-    from model.cli import app
+    from app.cli import app
 
     names = {c.name or c.callback.__name__ for c in app.registered_commands}
     assert names == {"inspect", "encode", "zoo", "train", "eval", "serve", "gate"}

@@ -3,6 +3,7 @@ directly, the batch route, the predictor card, health/readiness and OpenAPI."""
 from __future__ import annotations
 
 import hashlib
+import json
 
 import pytest
 
@@ -37,7 +38,7 @@ def assert_matches(body: dict, pred, predictor: Predictor, with_layers: bool = F
     else:
         assert body["ood"]["score"] == pytest.approx(pred.ood_score, abs=1e-4)
     assert body["ood"]["flag"] == pred.ood_flag
-    assert body["ood"]["threshold"] == (predictor.card.get("ood") or {}).get("threshold")
+    assert body["ood"]["threshold"] == predictor.card.ood.threshold
     assert body["predictor"] == {"name": predictor.name, "version": predictor.version, "trained": predictor.trained}
     if with_layers:
         assert len(body["layer_embeddings"]) == len(pred.layer_embeddings)
@@ -121,7 +122,7 @@ async def test_default_predictor_path():
 async def test_predictor_card(svc_predictor_dir, svc_predictor):
     async with running_app(settings_for(svc_predictor_dir)) as client:
         card = (await client.get("/v1/predictor")).json()
-    assert card == svc_predictor.card
+    assert card == svc_predictor.card.model_dump(mode="json")
     assert card["metrics"]["kendall_tau"]["test"]["sne"] == 0.5
     assert card["config"]["chunk_size"] == 16 and card["zoo"]["name"] == "fixture"
 
@@ -170,7 +171,14 @@ async def test_health_readiness_openapi(svc_predictor_dir):
         assert {"200", "401", "413", "415", "422", "503"} <= set(encode["responses"])
         assert "/v1/encode/batch" in spec["paths"] and "/v1/predictor" in spec["paths"]
         schemas = spec["components"]["schemas"]
-        assert schemas["EncodeResponse"]["examples"] and schemas["ErrorResponse"]["examples"]
+        assert schemas["EncodeResponse"]["examples"]
+        # every error status shows its own example, with a reason that belongs to that status
+        want = {"401": "unauthorized", "413": "too_large", "415": "pickle", "422": "truncated", "503": "queue_full"}
+        got = {s: encode["responses"][s]["content"]["application/json"]["example"]["error"]["reason"] for s in want}
+        assert got == want
+        batch = spec["paths"]["/v1/encode/batch"]["post"]["responses"]
+        assert batch["422"]["content"]["application/json"]["example"]["error"]["reason"] == "invalid_request"
+        assert "HTTPValidationError" not in json.dumps(spec)
         assert {"sha256", "predictor", "embedding", "predicted_accuracy", "predicted_gap", "interval", "ood",
                 "layers", "layer_embeddings", "cached", "timings", "warning"} <= set(schemas["EncodeResponse"]["properties"])
     # after shutdown: not ready, and encode refuses cleanly (no 500)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import httpx
 
-from tests.conftest import ckpt_bytes, free_port, unique_seed
+from tests.conftest import ckpt_bytes, free_port, scrape, unique_seed
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -28,7 +28,7 @@ def test_serve_entry_point_and_sigterm(svc_predictor_dir):
     }
     env.pop("SNE_REDIS_URL", None)
     proc = subprocess.Popen(
-        [sys.executable, "-c", f"from app.serve import serve; serve(None, {port})"],
+        [sys.executable, "-c", f"from app.cli.serve import serve; serve(None, {port})"],
         cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )
     url = f"http://127.0.0.1:{port}"
@@ -52,7 +52,10 @@ def test_serve_entry_point_and_sigterm(svc_predictor_dir):
 
         t = threading.Thread(target=upload)
         t.start()
-        time.sleep(0.5)  # the request is queued, waiting for its batch
+        # SIGTERM only once the service reports the request queued, waiting in its batch window
+        deadline = time.monotonic() + 10
+        while scrape(httpx.get(url + "/metrics", timeout=5).text, "sne_queue_depth") < 1:
+            assert t.is_alive() and time.monotonic() < deadline, "the upload never showed up in the queue"
         proc.send_signal(signal.SIGTERM)
         t.join(30)
         assert result["r"].status_code == 200 and result["r"].json()["cached"] is False

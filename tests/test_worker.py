@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
+import numpy as np
 import pytest
 
 from app.parsing import parse_upload
@@ -81,18 +82,19 @@ async def test_chunk_budget_splits_batches(svc_predictor):
     await worker.start()
     try:
         outcomes = await asyncio.gather(*(worker.submit(p) for p in parsed))
-        sizes = [o.batch_size for o in outcomes]
+        sizes = [times.batch_size for _, times in outcomes]
         alone = BatchWorker(svc_predictor, max_batch_size=32, max_batch_chunks=100, max_wait_ms=1)
         await alone.start()
-        (o,) = await asyncio.gather(alone.submit(parsed[0]))  # over the budget on its own: still encoded
-        assert o.batch_size == 1
+        (_, times) = await alone.submit(parsed[0])  # over the budget on its own: still encoded
+        assert times.batch_size == 1
         await alone.stop()
     finally:
         await worker.stop()
     assert sorted(sizes) == [1, 2, 2, 2, 2] and worker.batches == 3
     wants = svc_predictor.predict([load_checkpoint(b) for b in blobs])
-    for out, want in zip(outcomes, wants):
-        assert out.prediction.embedding == pytest.approx(want.embedding, abs=1e-5)
+    for (prediction, _), want in zip(outcomes, wants):
+        assert prediction.embedding.dtype == np.float32
+        np.testing.assert_allclose(prediction.embedding, want.embedding, atol=1e-5)
 
 
 async def test_graceful_shutdown_finishes_queued_work(svc_predictor_dir):
@@ -125,6 +127,12 @@ async def test_graceful_shutdown_finishes_queued_work(svc_predictor_dir):
     assert late.headers["Retry-After"]
 
 
+async def _until(condition) -> None:
+    """Yield to the event loop until `condition()` holds (the caller bounds the wait with wait_for)."""
+    while not condition():
+        await asyncio.sleep(0)
+
+
 async def test_stop_timeout_answers_everything(svc_predictor):
     """If shutdown runs out of time, whatever is left is answered with 503, nothing hangs."""
     from app.errors import APIError
@@ -134,7 +142,7 @@ async def test_stop_timeout_answers_everything(svc_predictor):
     worker = BatchWorker(svc_predictor, max_batch_size=64, max_wait_ms=5000)
     await worker.start()
     tasks = [asyncio.create_task(worker.submit(p)) for p in parsed]
-    await asyncio.sleep(0.05)
+    await asyncio.wait_for(_until(lambda: worker.depth == len(parsed)), timeout=5)  # all queued, none encoded
     await worker.stop(timeout=0)
     results = await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), timeout=10)
     for r in results:

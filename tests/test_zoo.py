@@ -8,22 +8,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from model.archs import ARCHS, build_arch, get_spec
-from model.datasets import DATASETS, load_dataset
-from model.zoo import (
-    DEFAULT_SPACE,
-    INDEX_COLUMNS,
-    SPLITS,
-    batched_forward,
-    generate_zoo,
-    init_state,
-    load_index,
-    load_zoo_checkpoint,
-    per_model_grads,
-    sample_hparams,
-    split_for_run,
-)
-
+from model.zoo import generate_zoo, load_index, load_zoo_checkpoint
+from model.zoo.archs import ARCHS, build_arch, get_spec
+from model.zoo.datasets import DATASETS, load_dataset
+from model.zoo.engine import batched_forward, init_state, per_model_grads
+from model.zoo.index import INDEX_COLUMNS
+from model.zoo.space import DEFAULT_SPACE, SPLITS, sample_hparams, split_for_run
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

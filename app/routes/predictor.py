@@ -1,36 +1,21 @@
 """`GET /v1/predictor`: the loaded predictor's card (zoo, splits, metrics incl. Kendall tau, config)."""
 from __future__ import annotations
 
-import math
-from typing import Any
-
 from fastapi import APIRouter, Depends
-from fastapi.responses import JSONResponse
 
 from app.auth import require_api_key
-from app.deps import get_predictor
-from app.schemas import ErrorResponse, PredictorCard
-from model.predictor import Predictor
-
-def json_safe(value: Any) -> Any:
-    """The card with NaN/Inf (e.g. a metric that could not be computed) as null: strict JSON."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {str(k): json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [json_safe(v) for v in value]
-    return value
-
+from app.deps import PredictorDep
+from app.schemas import UNAUTHORIZED, PredictorCardResponse
+from model.predictor import PredictorCard
 
 router = APIRouter(prefix="/v1", tags=["predictor"], dependencies=[Depends(require_api_key)])
 
 
 @router.get(
     "/predictor",
-    response_model=PredictorCard,
-    responses={401: {"model": ErrorResponse, "description": "Missing or wrong X-API-Key."}},
+    response_model=PredictorCardResponse,
+    responses={401: UNAUTHORIZED},
     summary="The loaded predictor's card",
 )
-async def predictor_card(predictor: Predictor = Depends(get_predictor)) -> JSONResponse:
-    return JSONResponse(json_safe(predictor.card))
+async def predictor_card(predictor: PredictorDep) -> PredictorCard:
+    return predictor.card

@@ -7,13 +7,13 @@ reads their ``state_dict()``; keys are plain PyTorch names (``features.0.weight`
 Each architecture also describes its *hidden-unit chain* (:class:`ArchSpec`): the ordered
 conv/linear layers and, for every boundary between two of them, how many input features of
 the next layer belong to one output channel of the previous one. That is all that is needed
-to permute hidden units without changing the network's function (``model.permute``).
+to permute hidden units without changing the network's function (``model.zoo.permute``).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 from torch import Tensor, nn
@@ -59,6 +59,8 @@ class RateDropout(nn.Module):
     A rate of 0 is an exact identity; in eval mode it is always the identity.
     """
 
+    rate: Tensor  # () buffer: functional_call / vmap swap in one rate per model
+
     def __init__(self, p: float = 0.0) -> None:
         super().__init__()
         if not 0.0 <= p < 1.0:
@@ -82,7 +84,6 @@ class LayerSpec:
 
     weight: str
     bias: str
-    kind: str  # "conv" or "linear"
 
 
 @dataclass(frozen=True)
@@ -182,10 +183,10 @@ ARCH_SPECS: dict[str, ArchSpec] = {
     "arch1": ArchSpec(
         name="arch1",
         layers=(
-            LayerSpec("features.0.weight", "features.0.bias", "conv"),
-            LayerSpec("features.3.weight", "features.3.bias", "conv"),
-            LayerSpec("features.6.weight", "features.6.bias", "conv"),
-            LayerSpec("classifier.weight", "classifier.bias", "linear"),
+            LayerSpec("features.0.weight", "features.0.bias"),
+            LayerSpec("features.3.weight", "features.3.bias"),
+            LayerSpec("features.6.weight", "features.6.bias"),
+            LayerSpec("classifier.weight", "classifier.bias"),
         ),
         inputs_per_channel=(1, 1, 1),  # conv3 -> global avg pool -> linear: 1 input per channel
         input_size=None,
@@ -194,11 +195,11 @@ ARCH_SPECS: dict[str, ArchSpec] = {
     "arch2": ArchSpec(
         name="arch2",
         layers=(
-            LayerSpec("features.0.weight", "features.0.bias", "conv"),
-            LayerSpec("features.4.weight", "features.4.bias", "conv"),
-            LayerSpec("features.8.weight", "features.8.bias", "conv"),
-            LayerSpec("classifier.0.weight", "classifier.0.bias", "linear"),
-            LayerSpec("classifier.3.weight", "classifier.3.bias", "linear"),
+            LayerSpec("features.0.weight", "features.0.bias"),
+            LayerSpec("features.4.weight", "features.4.bias"),
+            LayerSpec("features.8.weight", "features.8.bias"),
+            LayerSpec("classifier.0.weight", "classifier.0.bias"),
+            LayerSpec("classifier.3.weight", "classifier.3.bias"),
         ),
         inputs_per_channel=(1, 1, 9, 1),  # conv3 (4 ch, 3x3) -> flatten: 9 consecutive inputs/channel
         input_size=28,

@@ -1,8 +1,8 @@
 """`sne train`: fit SNE to a zoo's test accuracies (binary cross-entropy, Adam, paper §3.7).
 
-Adds the v2 paper's Logit Invariance Regularization: the predictor's logit should not move when the input
-network's hidden units are permuted (a change that leaves the network's function exactly as it was), and a
-second head for the generalization gap. Each epoch is checkpointed, so an interrupted run resumes.
+Adds the v2 paper's Logit Invariance Regularization (``model.training.lir``) and a second head for the
+generalization gap. Each epoch is checkpointed (``model.training.resume``), so an interrupted run resumes;
+``finalize`` calibrates the chosen model and writes its card.
 """
 from __future__ import annotations
 
@@ -10,10 +10,10 @@ import json
 import random
 import time
 import warnings
-from dataclasses import asdict, dataclass, field
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
 from datetime import date
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -21,18 +21,20 @@ import torch.nn.functional as F
 from rich.progress import Progress
 from safetensors.torch import load_file, save_file
 
-from model.checkpoint import checkpoint_from_tensors
-from model.chunking import ChunkedLayer, chunk_checkpoint
 from model.config import get_config
-from model.metrics import conformal_quantiles, kendall_tau
+from model.evaluation.metrics import conformal_quantiles, kendall_tau
 from model.packing import pack
 from model.predictor import OOD_K, Predictor, knn_score, weights_digest
 from model.sne import SNE
-from model.zoo import load_index, load_zoo_checkpoint
+from model.training.examples import Example, load_examples, predict_examples
+from model.training.lir import lir_penalty
+from model.training.resume import load_resume, save_resume
 
 
 @dataclass
 class TrainOptions:
+    """What `sne train` takes; stored in the card so a predictor says how it was trained."""
+
     config: str = "small"
     epochs: int = 12
     batch_size: int = 8
@@ -46,98 +48,6 @@ class TrainOptions:
     seed: int = 0
     device: str = "cpu"
     name: str | None = None
-
-
-@dataclass
-class Example:
-    layers: list[ChunkedLayer]
-    acc: float
-    gap: float
-    arch: str
-    dataset: str
-    state: dict[str, torch.Tensor] = field(repr=False)
-
-
-def load_examples(
-    zoo_dirs: Sequence[Path], split: str, chunk_size: int, limit: int | None = None, seed: int = 0
-) -> list[Example]:
-    """Checkpoints of one split of the given zoos, parsed and chunked once (they are small)."""
-    rows = [(Path(z), r) for z in zoo_dirs for r in load_index(Path(z)) if r["split"] == split]
-    if limit is not None and len(rows) > limit:
-        rows = random.Random(seed).sample(rows, limit)
-    out = []
-    for zoo, r in rows:
-        state = load_zoo_checkpoint(zoo, r)
-        layers = chunk_checkpoint(checkpoint_from_tensors(state), chunk_size)
-        out.append(Example(layers, float(r["test_acc"]), float(r["gap"]), r["arch"], r["dataset"], state))
-    return out
-
-
-@torch.no_grad()
-def predict_examples(model: SNE, examples: Sequence[Example], batch_size: int = 64) -> dict[str, np.ndarray]:
-    """Predicted accuracy, gap and embeddings for examples, in order."""
-    model.eval()
-    acc, gap, emb = [], [], []
-    for i in range(0, len(examples), batch_size):
-        out = model(pack([e.layers for e in examples[i : i + batch_size]]))
-        acc.append(out.accuracy)
-        gap.append(out.gap)
-        emb.append(out.embedding)
-    return {"acc": torch.cat(acc).numpy(), "gap": torch.cat(gap).numpy(), "emb": torch.cat(emb)}
-
-
-def permuted_layers(e: Example, gen: torch.Generator, chunk_size: int) -> list[ChunkedLayer]:
-    """The example's network with every hidden layer's units randomly permuted (same function)."""
-    from model.permute import random_permute
-
-    return chunk_checkpoint(checkpoint_from_tensors(random_permute(e.state, e.arch, gen)), chunk_size)
-
-
-def lir_penalty(model: SNE, batch: Sequence[Example], logits: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-    """Mean squared change of the logit when each network's hidden units are randomly permuted."""
-    perm = model(pack([permuted_layers(e, gen, model.cfg.chunk_size) for e in batch]))
-    return F.mse_loss(perm.logit, logits)
-
-
-@torch.no_grad()
-def invariance_error(model: SNE, examples: Sequence[Example], seed: int = 0, batch_size: int = 64) -> float:
-    """Mean |logit(permuted) - logit(original)| over examples: 0 for a perfectly invariant encoder."""
-    model.eval()
-    gen = torch.Generator().manual_seed(seed)
-    diffs = []
-    for i in range(0, len(examples), batch_size):
-        chunk = examples[i : i + batch_size]
-        a = model(pack([e.layers for e in chunk])).logit
-        b = model(pack([permuted_layers(e, gen, model.cfg.chunk_size) for e in chunk])).logit
-        diffs.append((a - b).abs())
-    return float(torch.cat(diffs).mean())
-
-
-# ------------------------------------------------------------------------------------------ resume state
-
-
-def _save_resume(path: Path, model: SNE, opt: torch.optim.Optimizer, info: dict) -> None:
-    path.mkdir(parents=True, exist_ok=True)
-    sd = opt.state_dict()
-    tensors = {f"{pid}.{k}": (v if torch.is_tensor(v) else torch.tensor(v)).contiguous() for pid, st in sd["state"].items() for k, v in st.items()}
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, path / "model.safetensors")
-    save_file(tensors or {"_empty": torch.zeros(1)}, path / "optim.safetensors")
-    (path / "state.json").write_text(json.dumps({**info, "param_groups": sd["param_groups"]}))
-
-
-def _load_resume(path: Path, model: SNE, opt: torch.optim.Optimizer) -> dict | None:
-    if not (path / "state.json").exists():
-        return None
-    info = json.loads((path / "state.json").read_text())
-    model.load_state_dict(load_file(path / "model.safetensors"))
-    state: dict[int, dict] = {}
-    for k, v in load_file(path / "optim.safetensors").items():
-        if k == "_empty":
-            continue
-        pid, name = k.split(".", 1)
-        state.setdefault(int(pid), {})[name] = v
-    opt.load_state_dict({"state": state, "param_groups": info.pop("param_groups")})
-    return info
 
 
 # ------------------------------------------------------------------------------------------ training
@@ -158,7 +68,7 @@ def train(zoo_dirs: Sequence[Path], out_dir: Path, opts: TrainOptions, progress:
     opt = torch.optim.Adam(model.parameters(), lr=opts.lr)
     sched = torch.optim.lr_scheduler.MultiStepLR(opt, [int(opts.epochs * 0.6), int(opts.epochs * 0.85)], 0.3)
     resume_dir = out_dir / "resume"
-    info = _load_resume(resume_dir, model, opt) or {"epoch": 0, "best_tau": -2.0, "history": []}
+    info = load_resume(resume_dir, model, opt) or {"epoch": 0, "best_tau": -2.0, "history": []}
     with warnings.catch_warnings():  # replaying the schedule of finished epochs, before any optimizer step
         warnings.simplefilter("ignore", UserWarning)
         for _ in range(info["epoch"]):
@@ -180,7 +90,7 @@ def train(zoo_dirs: Sequence[Path], out_dir: Path, opts: TrainOptions, progress:
                 out = model(pack([e.layers for e in batch]).to(opts.device))
                 loss = F.binary_cross_entropy_with_logits(out.logit, y[idx].to(opts.device))
                 loss = loss + opts.gap_weight * F.mse_loss(out.gap, g[idx].to(opts.device))
-                n_lir = int(round(len(batch) * opts.lir_fraction))
+                n_lir = round(len(batch) * opts.lir_fraction)
                 if opts.lir_weight > 0 and n_lir > 0:
                     loss = loss + opts.lir_weight * lir_penalty(model, batch[:n_lir], out.logit[:n_lir], gen)
                 opt.zero_grad(set_to_none=True)
@@ -200,8 +110,10 @@ def train(zoo_dirs: Sequence[Path], out_dir: Path, opts: TrainOptions, progress:
                 resume_dir.mkdir(parents=True, exist_ok=True)
                 save_file(best, resume_dir / "best.safetensors")
             info["epoch"] = epoch + 1
-            _save_resume(resume_dir, model, opt, info)
+            save_resume(resume_dir, model, opt, info)
             bar.console.print(f"epoch {epoch + 1}: loss {np.mean(losses):.4f}  val τ {tau:.4f}")
+    if best is None:
+        raise ValueError(f"no epoch was trained (epochs={opts.epochs}): nothing to select a model from")
     model.load_state_dict(best)
     predictor = finalize(model.cpu(), train_set, val_set, zoo_dirs, opts, info, time.time() - t0)
     predictor.save(out_dir)

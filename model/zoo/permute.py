@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from model.archs import get_spec
+from model.zoo.archs import get_spec
 
 __all__ = ["permute_hidden", "random_permute"]
 

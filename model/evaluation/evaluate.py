@@ -8,15 +8,17 @@ from __future__ import annotations
 
 import json
 from collections import defaultdict
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
+from typing import Any
 
 import numpy as np
 
-from model.baselines import fit_predict
-from model.metrics import coverage, interval, kendall_tau
+from model.evaluation.baselines import fit_predict
+from model.evaluation.metrics import coverage, interval, kendall_tau
+from model.evaluation.report import make_plots, markdown
 from model.predictor import DEFAULT_LEVEL, Predictor
-from model.train import Example, invariance_error, load_examples, predict_examples
+from model.training import Example, invariance_error, load_examples, predict_examples
 
 METHODS = ("sne", "statnn", "mlp")
 KINDS = ("in_distribution", "cross_dataset", "cross_arch")
@@ -40,7 +42,7 @@ def evaluate(
     max_test: int | None = None,
     max_baseline_train: int | None = None,
     plots: bool = True,
-) -> dict:
+) -> dict[str, Any]:
     """Score every predictor on every zoo's test split; write results.json, results.md and plots."""
     out_dir.mkdir(parents=True, exist_ok=True)
     cache: dict[tuple[Path, int], list[Example]] = {}
@@ -50,13 +52,15 @@ def evaluate(
             cache[zoo, chunk_size] = load_examples([zoo], "test", chunk_size, max_test)
         return cache[zoo, chunk_size]
 
-    rows, per_kind = [], defaultdict(lambda: defaultdict(list))
-    coverage_rows, embeddings = [], []
+    rows: list[dict[str, Any]] = []
+    per_kind: defaultdict[str, defaultdict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+    coverage_rows: list[tuple[str, float]] = []
+    embeddings: list[tuple[str, np.ndarray, np.ndarray, np.ndarray]] = []
     first = None
     for pdir in predictor_dirs:
         pred = Predictor.load(pdir)
         first = first or pred
-        train_zoos = [Path(z) for z in pred.card["zoo"]["dirs"]]
+        train_zoos = [Path(z) for z in pred.card.zoo.dirs]
         train_set = load_examples(train_zoos, "train", pred.config.chunk_size, max_baseline_train)
         train_id = _zoo_id(train_set)
         for zdir in map(Path, zoo_dirs):
@@ -66,7 +70,7 @@ def evaluate(
             kind = pair_kind(train_id, _zoo_id(test_set))
             true = np.array([e.acc for e in test_set])
             out = predict_examples(pred.model, test_set)
-            scores = {"sne": kendall_tau(out["acc"], true)}
+            scores: dict[str, float | None] = {"sne": kendall_tau(out["acc"], true)}
             for m in ("statnn", "mlp"):
                 if kind == "cross_arch":
                     scores[m] = None  # fixed-architecture baselines cannot read another architecture
@@ -74,23 +78,24 @@ def evaluate(
                 p = fit_predict(m, [e.state for e in train_set], [e.acc for e in train_set], [e.state for e in test_set])
                 scores[m] = kendall_tau(p, true)
             gap_tau = kendall_tau(out["gap"], np.array([e.gap for e in test_set]))
-            q = pred.card["conformal"]["accuracy"][DEFAULT_LEVEL]
+            q = pred.card.conformal.half_width(DEFAULT_LEVEL)
             cov = coverage(true, *interval(out["acc"], q))
+            test_name = "/".join(_zoo_id(test_set))
             row = {
-                "predictor": pred.name, "train": "/".join(train_id), "test": "/".join(_zoo_id(test_set)), "kind": kind,
+                "predictor": pred.name, "train": "/".join(train_id), "test": test_name, "kind": kind,
                 "n_test": len(test_set), **{f"tau_{m}": scores[m] for m in METHODS}, "gap_tau_sne": gap_tau,
                 f"coverage_{DEFAULT_LEVEL}": cov,
             }
             rows.append(row)
             for m in METHODS:
-                if scores[m] is not None:
-                    per_kind[kind][m].append(scores[m])
+                if (score := scores[m]) is not None:
+                    per_kind[kind][m].append(score)
             per_kind[kind]["gap_sne"].append(gap_tau)
             coverage_rows.append((kind, cov))
             if pred is first:
-                embeddings.append((row["test"], out["emb"].numpy(), out["acc"], true))
+                embeddings.append((test_name, out["emb"].numpy(), out["acc"], true))
     summary = {k: {m: (float(np.mean(v)) if (v := per_kind[k].get(m)) else None) for m in METHODS} for k in KINDS}
-    results = {
+    results: dict[str, Any] = {
         "kendall_tau": summary,
         "gap_kendall_tau": {k: (float(np.mean(v)) if (v := per_kind[k].get("gap_sne")) else None) for k in KINDS},
         "coverage": {
@@ -101,7 +106,7 @@ def evaluate(
         "pairs": rows,
     }
     if unregularized is not None and first is not None:
-        inv_set = load_examples([Path(z) for z in first.card["zoo"]["dirs"]], "test", first.config.chunk_size, 256)
+        inv_set = load_examples([Path(z) for z in first.card.zoo.dirs], "test", first.config.chunk_size, 256)
         plain = Predictor.load(unregularized)
         results["logit_invariance"] = {
             "examples": len(inv_set),
@@ -119,75 +124,3 @@ def evaluate(
 
 def _mean(xs: list[float]) -> float | None:
     return float(np.mean(xs)) if xs else None
-
-
-def _fmt(x: float | None) -> str:
-    return "n/a" if x is None else f"{x:.3f}"
-
-
-def markdown(results: dict) -> str:
-    """Tables in the paper's format: Kendall τ per train→test pair and method, then averages."""
-    lines = ["| train → test | kind | n | SNE | STATNN | MLP | SNE gap τ | 90% coverage |", "|---|---|---|---|---|---|---|---|"]
-    for r in results["pairs"]:
-        lines.append(
-            f"| {r['train']} → {r['test']} | {r['kind']} | {r['n_test']} | {_fmt(r['tau_sne'])} | {_fmt(r['tau_statnn'])} "
-            f"| {_fmt(r['tau_mlp'])} | {_fmt(r['gap_tau_sne'])} | {_fmt(r[f'coverage_{DEFAULT_LEVEL}'])} |"
-        )
-    lines += ["", "| evaluation (mean τ) | SNE | STATNN | MLP |", "|---|---|---|---|"]
-    for k, v in results["kendall_tau"].items():
-        lines.append(f"| {k} | {_fmt(v['sne'])} | {_fmt(v['statnn'])} | {_fmt(v['mlp'])} |")
-    if "logit_invariance" in results:
-        li = results["logit_invariance"]
-        lines += [
-            "",
-            f"Logit invariance (mean |Δlogit| under random hidden-unit permutations, {li['examples']} test networks): "
-            f"with LIR {li['mean_abs_logit_change_regularized']:.2e}, without {li['mean_abs_logit_change_unregularized']:.2e} "
-            f"(ratio {li['ratio']:.2f}; >1 means LIR made the encoder more invariant).",
-        ]
-    return "\n".join(lines) + "\n"
-
-
-def make_plots(embeddings: list, out_dir: Path) -> None:
-    """predicted-vs-true scatter and a 2-D PCA of the embeddings, coloured by test zoo."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(5, 5))
-    for name, _, pred, true in embeddings:
-        ax.scatter(true, pred, s=4, alpha=0.5, label=name)
-    ax.plot([0, 1], [0, 1], "k--", lw=0.8)
-    ax.set(xlabel="true test accuracy", ylabel="predicted", title="SNE: predicted vs true (test splits)")
-    ax.legend(markerscale=3, fontsize=7)
-    fig.tight_layout()
-    fig.savefig(out_dir / "pred_vs_true.png", dpi=120)
-    plt.close(fig)
-    allemb = np.concatenate([e for _, e, _, _ in embeddings])
-    mean = allemb.mean(0)
-    _, _, vt = np.linalg.svd(allemb - mean, full_matrices=False)
-    fig, ax = plt.subplots(figsize=(5, 5))
-    for name, e, _, _ in embeddings:
-        p = (e - mean) @ vt[:2].T
-        ax.scatter(p[:, 0], p[:, 1], s=4, alpha=0.5, label=name)
-    ax.set(xlabel="PC 1", ylabel="PC 2", title="SNE embeddings (PCA), by zoo")
-    ax.legend(markerscale=3, fontsize=7)
-    fig.tight_layout()
-    fig.savefig(out_dir / "embeddings_pca.png", dpi=120)
-    plt.close(fig)
-
-
-def update_card(predictor_dir: Path, results: dict) -> None:
-    """Write the evaluation into a predictor's card, so `GET /v1/predictor` serves the evidence."""
-    path = Path(predictor_dir) / "card.json"
-    card = json.loads(path.read_text())
-    card.setdefault("metrics", {}).update(
-        {
-            "kendall_tau": results["kendall_tau"],
-            "gap_kendall_tau": results["gap_kendall_tau"],
-            "coverage": results["coverage"],
-            "pairs": results["pairs"],
-            **({"logit_invariance": results["logit_invariance"]} if "logit_invariance" in results else {}),
-        }
-    )
-    path.write_text(json.dumps(card, indent=2) + "\n")

@@ -6,12 +6,11 @@
 
 Both need every checkpoint to have the same tensors (one architecture): a feature vector of another length
 at predict time raises ``ValueError``. Tensors are ordered by natural sort of their keys (``blocks.2``
-before ``blocks.10``), the same order as ``model.checkpoint.natural_key``.
+before ``blocks.10``, ``model.checkpoint.natural_key``).
 """
 from __future__ import annotations
 
-import re
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import torch
@@ -20,26 +19,19 @@ from sklearn.ensemble import HistGradientBoostingRegressor
 from threadpoolctl import threadpool_limits
 from torch import nn
 
+from model.checkpoint import natural_key
+
 __all__ = [
-    "STAT_NAMES",
     "FlatMLP",
     "StatNN",
     "fit_predict",
     "flat_features",
-    "natural_key",
     "statnn_features",
 ]
 
-STAT_NAMES: tuple[str, ...] = ("mean", "var", "min", "q25", "median", "q75", "max")
 _QUANTILES = np.array([0.0, 0.25, 0.5, 0.75, 1.0])
-_NUM = re.compile(r"(\d+)")
 
 State = Mapping[str, torch.Tensor]
-
-
-def natural_key(name: str) -> tuple:
-    """Sort key that puts ``blocks.2`` before ``blocks.10``."""
-    return tuple((0, int(p), "") if p.isdigit() else (1, 0, p) for p in _NUM.split(name) if p)
 
 
 def _float_tensors(state: State) -> list[tuple[str, torch.Tensor]]:
@@ -126,18 +118,18 @@ class StatNN:
         **params: object,
     ) -> None:
         self.n_threads = n_threads
-        self.params = dict(
-            loss="squared_error",
-            learning_rate=learning_rate,
-            max_iter=max_iter,
-            max_leaf_nodes=max_leaf_nodes,
-            min_samples_leaf=min_samples_leaf,
-            l2_regularization=l2_regularization,
-            early_stopping=early_stopping,
-            validation_fraction=validation_fraction,
-            n_iter_no_change=n_iter_no_change,
-            random_state=seed,
-        )
+        self.params = {
+            "loss": "squared_error",
+            "learning_rate": learning_rate,
+            "max_iter": max_iter,
+            "max_leaf_nodes": max_leaf_nodes,
+            "min_samples_leaf": min_samples_leaf,
+            "l2_regularization": l2_regularization,
+            "early_stopping": early_stopping,
+            "validation_fraction": validation_fraction,
+            "n_iter_no_change": n_iter_no_change,
+            "random_state": seed,
+        }
         self.params.update(params)
         self.model: HistGradientBoostingRegressor | None = None
         self.n_features: int | None = None
@@ -148,7 +140,7 @@ class StatNN:
         X[~np.isfinite(X)] = np.nan
         return X
 
-    def fit(self, features: ArrayLike, y: ArrayLike) -> "StatNN":
+    def fit(self, features: ArrayLike, y: ArrayLike) -> StatNN:
         """Fit on a (n, d) feature matrix and test accuracies in [0, 1]."""
         X = _as_matrix(features)
         t = _as_targets(y, X.shape[0])
@@ -227,14 +219,14 @@ class FlatMLP:
         Z = np.clip(np.nan_to_num(Z, nan=0.0, posinf=self.clip, neginf=-self.clip), -self.clip, self.clip)
         return torch.from_numpy(np.ascontiguousarray(Z, dtype=np.float32))
 
-    def fit(self, features: ArrayLike, y: ArrayLike) -> "FlatMLP":
+    def fit(self, features: ArrayLike, y: ArrayLike) -> FlatMLP:
         """Fit on a (n, d) feature matrix and test accuracies in [0, 1]."""
         X = _as_matrix(features)
         t = _as_targets(y, X.shape[0])
         n = X.shape[0]
         rng = np.random.default_rng(self.seed)
         perm = rng.permutation(n)
-        n_val = int(round(n * self.val_fraction)) if n >= 20 else 0
+        n_val = round(n * self.val_fraction) if n >= 20 else 0
         val_idx, tr_idx = perm[:n_val], perm[n_val:]
 
         Xtr = X[tr_idx].astype(np.float64)

@@ -16,16 +16,16 @@ accuracy predictors be measured offline. ``size`` resizes bilinearly (e.g. 28 fo
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from functools import lru_cache
-from typing import Callable
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["DATASETS", "Dataset", "load_dataset", "make_shapes", "SHAPE_CLASSES"]
+__all__ = ["DATASETS", "SHAPE_CLASSES", "Dataset", "load_dataset", "make_shapes"]
 
 
 @dataclass(frozen=True)
@@ -176,7 +176,7 @@ def _shapes() -> Dataset:
         x_test=torch.from_numpy(np.ascontiguousarray(x[n:])),
         y_test=torch.from_numpy(y[n:]),
         description=(
-            "procedural 'shapes' (model.datasets.make_shapes, seed "
+            "procedural 'shapes' (model.zoo.datasets.make_shapes, seed "
             f"{SHAPES_SEED}): 10 classes ({', '.join(SHAPE_CLASSES)}) drawn as anti-aliased "
             "signed-distance shapes at 32x32 with random position, size, stroke width, rotation "
             "jitter and contrast, plus a random Gaussian distractor blob; area-averaged to 8x8, "

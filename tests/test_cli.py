@@ -1,0 +1,98 @@
+"""The `sne` command as a user runs it: registration, lazy imports, one-line errors, and what inspect/encode print.
+
+`sne gate` has its own tests (test_gate.py); zoo/train/eval run end to end in test_pipeline.py's library calls.
+"""
+from __future__ import annotations
+
+import ast
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from app.cli import app
+from model.checkpoint import load_checkpoint
+from model.predictor import Predictor
+from tests.nets import checkpoint_file
+
+ROOT = Path(__file__).resolve().parents[1]
+RUNNER = CliRunner()
+COMMANDS = {"inspect", "encode", "zoo", "train", "eval", "serve", "gate"}
+
+
+def sne(*args: object):
+    return RUNNER.invoke(app, [str(a) for a in args], env={"SNE_PREDICTOR_PATH": None, "COLUMNS": "200"})
+
+
+def test_every_command_is_registered_and_help_loads_no_model():
+    assert {c.name for c in app.registered_commands} == COMMANDS
+    code = "import sys, app.cli; heavy = [m for m in ('torch', 'model', 'fastapi', 'uvicorn') if m in sys.modules]; print(heavy)"
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]", f"importing app.cli pulled in {out.strip()}: keep heavy imports inside the commands"
+    res = subprocess.run([sys.executable, "-m", "app.cli", "--help"], cwd=ROOT, capture_output=True, text=True, check=False)
+    assert res.returncode == 0 and all(name in res.stdout for name in COMMANDS), res.stderr
+
+
+def test_model_never_imports_app():
+    offenders = []
+    for path in (ROOT / "model").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else (
+                [node.module or ""] if isinstance(node, ast.ImportFrom) and node.level == 0 else [])
+            offenders += [f"{path.relative_to(ROOT)}: {n}" for n in names if n == "app" or n.startswith("app.")]
+    assert offenders == []
+
+
+@pytest.fixture(scope="module")
+def arch1(tmp_path_factory) -> Path:
+    return checkpoint_file(tmp_path_factory.mktemp("cli"), "arch1")
+
+
+def test_inspect_json_matches_the_parser(arch1):
+    res = sne("inspect", arch1, "--json", "--chunk-size", 16)
+    assert res.exit_code == 0, res.output
+    report, ckpt = json.loads(res.stdout), load_checkpoint(arch1)
+    assert report["parameters"] == ckpt.n_params == sum(r["parameters"] for r in report["layers"])
+    assert [r["name"] for r in report["layers"]] == [layer.name for layer in ckpt.layers]
+    assert all(r["chunks"] >= 1 for r in report["layers"])
+    table = sne("inspect", arch1)
+    assert table.exit_code == 0 and f"({ckpt.n_params:,}" in table.stdout
+    assert all(f"│ {layer.n_params:>10,} │" in table.stdout for layer in ckpt.layers), table.stdout
+
+
+def test_encode_json_matches_the_predictor(arch1):
+    res = sne("encode", arch1, "--json")
+    assert res.exit_code == 0, res.output
+    body = json.loads(res.stdout)
+    pred = Predictor.load(None)
+    (want,) = pred.predict([load_checkpoint(arch1)])
+    assert body["predictor"]["name"] == pred.name and body["predicted_accuracy"] == pytest.approx(want.accuracy, abs=1e-6)
+    assert len(body["embedding"]) == len(want.embedding)
+
+
+@pytest.mark.parametrize("command", ["inspect", "encode"])
+def test_bad_checkpoint_is_one_line_and_exit_2(tmp_path, command):
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(b"\x80\x04\x95 this is a pickle, not safetensors")
+    res = sne(command, bad)
+    assert res.exit_code == 2, res.output
+    (line,) = res.stderr.strip().splitlines()
+    assert line.startswith(f"error: {bad}: ") and line.endswith("[pickle]") and res.stdout == "", line
+
+
+def test_zoo_train_eval_chain(tmp_path):
+    """The three offline commands chained as the README runs them, at the smallest size that has every split."""
+    zoo, run, out = tmp_path / "zoo", tmp_path / "run", tmp_path / "eval"
+    res = sne("zoo", "--out", zoo, "--runs", 20, "--group-size", 20, "--threads", 1)
+    assert res.exit_code == 0, res.output
+    assert (zoo / "index.csv").exists() and "split_runs" in res.stdout
+    res = sne("train", "--zoo", zoo, "--out", run, "--config", "tiny", "--epochs", 1, "--batch-size", 16, "--threads", 1)
+    assert res.exit_code == 0, res.output
+    assert f"to {run} (val τ" in res.stdout and Predictor.load(run).trained
+    res = sne("eval", "--predictor", run, "--zoo", zoo, "--out", out, "--threads", 1, "--update-card")
+    assert res.exit_code == 0, res.output
+    assert "in_distribution" in res.stdout and (out / "results.json").exists()
+    assert "in_distribution" in Predictor.load(run).card.metrics.kendall_tau
