@@ -18,9 +18,9 @@ import json
 import logging
 import struct
 import time
-from collections import OrderedDict
 from typing import Protocol, runtime_checkable
 
+import cachetools
 import numpy as np
 from redis.exceptions import RedisError
 
@@ -130,33 +130,47 @@ class ResultCache(Protocol):
 
 
 class LRUCache:
-    """In-process LRU of packed records (`SNE_LRU_SIZE` entries; 0 turns caching off)."""
+    """In-process LRU of packed records, bounded by bytes (`SNE_LRU_BYTES`) and by entries (`SNE_LRU_SIZE`).
+
+    By bytes because entries differ by orders of magnitude (the layer table grows with the checkpoint, names
+    included): 1,024 entries of long-named checkpoints were a gigabyte. A `cachetools.LRUCache` weighing each
+    packed record by its length; a record larger than the whole budget is not kept. 0 in either bound turns
+    caching off.
+    """
 
     backend = "lru"
 
-    def __init__(self, max_entries: int) -> None:
+    def __init__(self, max_entries: int, max_bytes: int = 256 * 1024 * 1024) -> None:
         self.max_entries = max_entries
-        self._data: OrderedDict[str, bytes] = OrderedDict()
+        self.max_bytes = max_bytes
+        self._data: cachetools.LRUCache[str, bytes] = cachetools.LRUCache(maxsize=max(1, max_bytes), getsizeof=len)
 
     def __len__(self) -> int:
         return len(self._data)
 
+    @property
+    def nbytes(self) -> int:
+        """Bytes held (the sum of the packed records' lengths)."""
+        return int(self._data.currsize)
+
     async def get(self, key: str) -> Encoding | None:
-        raw = self._data.get(key)
+        raw = self._data.get(key)  # a hit moves the key to the most recently used end
         if raw is None:
             CACHE_MISSES.inc()
             return None
-        self._data.move_to_end(key)
         CACHE_HITS.inc()
         return unpack_encoding(raw)
 
     async def set(self, key: str, encoding: Encoding) -> None:
-        if self.max_entries <= 0:
+        if self.max_entries <= 0 or self.max_bytes <= 0:
             return
-        self._data[key] = pack_encoding(encoding)
-        self._data.move_to_end(key)
+        record = pack_encoding(encoding)
+        if len(record) > self.max_bytes:
+            log.info("not caching %s: its record (%d bytes) exceeds SNE_LRU_BYTES", key, len(record))
+            return
+        self._data[key] = record  # evicts least recently used records until it fits
         while len(self._data) > self.max_entries:
-            self._data.popitem(last=False)
+            self._data.popitem()  # the least recently used
 
     async def state(self) -> str:
         return "in-process"
@@ -280,4 +294,4 @@ def make_cache(settings: Settings) -> ResultCache:
             timeout=settings.redis_timeout_seconds,
             retry_seconds=settings.redis_retry_seconds,
         )
-    return LRUCache(settings.lru_size)
+    return LRUCache(settings.lru_size, settings.lru_bytes)

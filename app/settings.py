@@ -25,6 +25,9 @@ class Settings(BaseSettings):
     )
     cache_ttl_seconds: int = Field(7 * 24 * 3600, description="Lifetime of a cached result in Redis.")
     lru_size: int = Field(1024, description="Entries of the in-process cache used when Redis is unset.")
+    lru_bytes: int = Field(
+        256 * 1024 * 1024, ge=0, description="Bytes of the in-process cache (packed records); the least recently used go first."
+    )
     max_upload_bytes: int = Field(512 * 1024 * 1024, description="Largest accepted checkpoint (413 above).")
     max_batch_size: int = Field(32, description="Most checkpoints the worker encodes in one forward.")
     max_batch_chunks: int = Field(262_144, description="Chunk budget of one batch (bounds memory per forward).")
