@@ -10,9 +10,9 @@ import pytest
 import redis
 
 from app.cache import MAGIC, LRUCache, RedisCache, cache_key, pack_encoding, unpack_encoding
+from app.encoding import Encoding, StageTimes
 from app.parsing import LayerRow
 from model.predictor import Prediction
-from app.encoding import Encoding, StageTimes
 from tests.conftest import (
     ckpt_bytes,
     metric_value,
