@@ -68,6 +68,7 @@ class Reason(StrEnum):
     queue_full = "queue_full"
     shutting_down = "shutting_down"
     unavailable = "unavailable"
+    encode_timeout = "encode_timeout"  # 504: not encoded within SNE_ENCODE_TIMEOUT_SECONDS
     http_error = "http_error"
 
 

@@ -17,7 +17,7 @@ from fastapi import FastAPI
 from app.cache import make_cache
 from app.device import autocast_dtype, resolve_device
 from app.errors import install_error_handlers
-from app.metrics import PREDICTOR_INFO
+from app.metrics import LARGE_QUEUE_DEPTH, PREDICTOR_INFO
 from app.middleware import MetricsMiddleware
 from app.observability import BodyDeadlineMiddleware, RequestIdMiddleware
 from app.routes import encode, health, metrics, pages, predictor
@@ -72,8 +72,16 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         retry_after_seconds=settings.retry_after_seconds,
     )
     await worker.start()
+    large = None  # the lane of checkpoints over SNE_LARGE_CHUNKS: one at a time, beside the batches
+    if settings.large_chunks > 0:
+        large = BatchWorker(
+            predictor_, max_batch_size=1, max_wait_ms=0.0, queue_limit=settings.large_queue_limit, autocast=autocast,
+            retry_after_seconds=settings.retry_after_seconds, name="sne-forward-large",
+            depth_gauge=LARGE_QUEUE_DEPTH, limit_setting="SNE_LARGE_QUEUE_LIMIT",
+        )
+        await large.start()
     cache = make_cache(settings)
-    service = EncodeService(predictor_, worker, cache, settings)
+    service = EncodeService(predictor_, worker, cache, settings, large_worker=large)
     app.state.device = device
     app.state.predictor = predictor_
     app.state.worker = worker
@@ -98,9 +106,12 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         yield
     finally:
         deadline = time.monotonic() + settings.shutdown_timeout_seconds
-        worker.drain()
+        lanes = [w for w in (worker, large) if w is not None]
+        for w in lanes:
+            w.drain()
         await service.drain(settings.shutdown_timeout_seconds)
-        await worker.stop(max(0.0, deadline - time.monotonic()))
+        for w in lanes:
+            await w.stop(max(0.0, deadline - time.monotonic()))
         await cache.close()
         for name in ("service", "worker", "cache", "predictor"):
             setattr(app.state, name, None)

@@ -11,6 +11,7 @@ REQUEST_LATENCY = Histogram(
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
 )
 QUEUE_DEPTH = Gauge("sne_queue_depth", "Checkpoints waiting for the encoder worker.")
+LARGE_QUEUE_DEPTH = Gauge("sne_large_queue_depth", "Large checkpoints (over SNE_LARGE_CHUNKS) waiting for their own lane.")
 BATCH_SIZE = Histogram(
     "sne_batch_size", "Checkpoints per encoder forward.", buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256)
 )

@@ -14,7 +14,7 @@ import anyio
 import torch
 
 from app.cache import ResultCache, cache_key
-from app.encoding import Encoding
+from app.encoding import Encoding, StageTimes
 from app.errors import APIError, Reason
 from app.metrics import OOD_FLAGS, PARSE_FAILURES, PREDICTED_ACCURACY
 from app.parsing import ParsedCheckpoint, parse_upload
@@ -22,15 +22,19 @@ from app.settings import Settings
 from app.uploads import Upload
 from app.worker import BatchWorker
 from model.errors import CheckpointError
-from model.predictor import Predictor
+from model.predictor import Prediction, Predictor
 
 log = logging.getLogger("sne.service")
 
 
 class EncodeService:
-    def __init__(self, predictor: Predictor, worker: BatchWorker, cache: ResultCache, settings: Settings) -> None:
+    def __init__(
+        self, predictor: Predictor, worker: BatchWorker, cache: ResultCache, settings: Settings,
+        large_worker: BatchWorker | None = None,
+    ) -> None:
         self.predictor = predictor
         self.worker = worker
+        self.large_worker = large_worker  # lane for checkpoints over SNE_LARGE_CHUNKS (None: one lane)
         self.cache = cache
         self.settings = settings
         self._parse_slots = asyncio.Semaphore(settings.parse_workers)
@@ -114,6 +118,26 @@ class EncodeService:
                 Reason.parse_timeout, f"reading this checkpoint took longer than {timeout:g} s (SNE_PARSE_TIMEOUT_SECONDS)"
             ) from None
 
+    def lane(self, parsed: ParsedCheckpoint) -> BatchWorker:
+        """The cost estimate (chunks) picks the lane: a large checkpoint never sits in a batch of small ones."""
+        if self.large_worker is not None and parsed.n_chunks > self.settings.large_chunks:
+            return self.large_worker
+        return self.worker
+
+    async def _encode(self, parsed: ParsedCheckpoint) -> tuple[Prediction, StageTimes]:
+        """Queue + forward within `encode_timeout_seconds`; past it 504 (a forward already running finishes in
+        its thread, its answer is dropped; a queued checkpoint is never started)."""
+        timeout = self.settings.encode_timeout_seconds
+        try:
+            async with asyncio.timeout(timeout):
+                return await self.lane(parsed).submit(parsed)
+        except TimeoutError:
+            raise APIError(
+                504, Reason.encode_timeout,
+                f"this checkpoint ({parsed.n_chunks} chunks) was not encoded within {timeout:g} s "
+                "(SNE_ENCODE_TIMEOUT_SECONDS): the encoder is busy or the checkpoint is very large; retry later",
+            ) from None
+
     async def _compute(self, upload: Upload) -> Encoding:
         try:
             parsed = await self._parse(upload)
@@ -123,7 +147,7 @@ class EncodeService:
         finally:
             upload.close()
         try:
-            prediction, times = await self.worker.submit(parsed)
+            prediction, times = await self._encode(parsed)
         except APIError:
             raise
         except torch.OutOfMemoryError:

@@ -86,6 +86,14 @@ class Settings(BaseSettings):
         65_536, ge=1024, description="Largest request line plus headers `sne serve` reads (h11); the connection is dropped above."
     )
     backlog: int = Field(2048, ge=1, description="Pending TCP connections the listening socket queues (`sne serve`).")
+    large_chunks: int = Field(
+        32_768, ge=0, description="Checkpoints with more chunks are encoded in their own lane (one at a time, its own "
+        "thread), so they never hold up small ones; 0 puts every checkpoint in one lane."
+    )
+    large_queue_limit: int = Field(4, ge=1, description="Large checkpoints waiting for their lane before new ones get 503.")
+    encode_timeout_seconds: float = Field(
+        120.0, gt=0, description="Longest an upload may wait for and take in the encoder (504 `encode_timeout` above)."
+    )
     log_format: Literal["text", "json"] = Field(
         "text", description="`json`: one JSON object per log line (python-json-logger), with the request id."
     )
