@@ -211,21 +211,34 @@ def redis_fault(redis: RedisServer, pause: float):
     return fault
 
 
-async def small_while_big(url: str, big: bytes | None, small_n: int, interval: float = 0.25) -> tuple[list[float], float, int]:
+async def small_while_big(
+    url: str, big: bytes | None, small_n: int, interval: float = 0.25
+) -> tuple[list[float], float, str, list[str]]:
     """Small uploads started every `interval` s (at least `small_n`, and until `big` is answered), so the
-    latencies sample the whole time the big one is served; returns them, the big one's time and status."""
+    latencies sample the whole time the big one is served; returns them, the big one's time and status,
+    and what went wrong with small ones (a status other than 200, or a transport error)."""
     async with httpx.AsyncClient(base_url=url, timeout=600) as client:
         lat: list[float] = []
+        failed: list[str] = []
 
         async def small() -> None:
             t0 = time.perf_counter()
-            r = await client.post("/v1/encode", content=new_checkpoint())
-            r.raise_for_status()
+            try:
+                r = await client.post("/v1/encode", content=new_checkpoint())
+            except httpx.HTTPError as e:
+                failed.append(type(e).__name__)
+                return
+            if r.status_code != 200:
+                failed.append(str(r.status_code))
+                return
             lat.append(time.perf_counter() - t0)
 
-        async def big_one() -> tuple[int, float]:
-            r = await client.post("/v1/encode", content=big)
-            return r.status_code, time.perf_counter() - started
+        async def big_one() -> tuple[str, float]:
+            try:
+                r = await client.post("/v1/encode", content=big)
+            except httpx.HTTPError as e:
+                return type(e).__name__, time.perf_counter() - started
+            return str(r.status_code), time.perf_counter() - started
 
         started = time.perf_counter()
         big_task = None if big is None else asyncio.create_task(big_one())
@@ -235,9 +248,9 @@ async def small_while_big(url: str, big: bytes | None, small_n: int, interval: f
             await asyncio.sleep(interval)  # a steady arrival rate, not an ordering
         await asyncio.gather(*smalls)
         if big_task is None:
-            return lat, 0.0, 0
+            return lat, 0.0, "-", failed
         status, took = await big_task
-        return lat, took, status
+        return lat, took, status, failed
 
 
 def env_arg(text: str) -> dict[str, str]:
@@ -254,6 +267,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--small", type=int, default=20, help="small uploads per fairness run (at least)")
     ap.add_argument("--fair-env", default="", help="SNE_*=value,... of the fairness mechanism (on)")
     ap.add_argument("--unfair-env", default="", help="SNE_*=value,... with the mechanism off")
+    ap.add_argument("--bigs", default="none,wide,tiny", help="big uploads: none, wide (4 x 65,535 chunks), tiny "
+                    "(100,000 tensors)")
     ap.add_argument("--modes", default="on,off", help="fairness runs: `on` (--fair-env), `off` (--unfair-env)")
     ap.add_argument("--skip-load", action="store_true")
     ap.add_argument("--skip-redis", action="store_true")
@@ -292,19 +307,22 @@ def main(argv: list[str] | None = None) -> None:
 
     if not args.skip_fairness:
         print("\n### Fairness: a small upload (Arch1 CNN) alone and while a pathological one is served\n")
-        print("| settings | big upload | big: status, s | small p50 ms | small p95 ms | small max ms | small n |")
-        print("| --- | --- | --- | ---: | ---: | ---: | ---: |", flush=True)
-        bigs = {"none": None, "4 x 65,535 chunks": wide_layers(), "100,000 tiny tensors": tiny_tensors()}
+        print("| settings | big upload | big: status, s | small p50 ms | small p95 ms | small max ms | small ok | small failed |")
+        print("| --- | --- | --- | ---: | ---: | ---: | ---: | --- |", flush=True)
+        every = {"none": None, "wide": wide_layers, "tiny": tiny_tensors}
+        names = {"none": "none", "wide": "4 x 65,535 chunks", "tiny": "100,000 tiny tensors"}
+        bigs = {names[k]: (every[k]() if every[k] else None) for k in args.bigs.split(",")}
         modes = {"on": ("mechanism on", env_arg(args.fair_env)), "off": ("mechanism off", env_arg(args.unfair_env))}
         for label, extra in (modes[m] for m in args.modes.split(",")):
             with server({**base, **extra}) as url:
                 asyncio.run(small_while_big(url, None, 5))  # warm
                 for name, big in bigs.items():
-                    lat, took, status = asyncio.run(small_while_big(url, big, args.small))
+                    lat, took, status, failed = asyncio.run(small_while_big(url, big, args.small))
                     ms = np.array(lat) * 1000
                     print(f"| {label} {args.fair_env if 'on' in label else args.unfair_env} | {name} | "
                           f"{f'{status}, {took:.1f}' if big else '-'} | {statistics.median(ms):.0f} | "
-                          f"{np.quantile(ms, 0.95):.0f} | {ms.max():.0f} | {len(ms)} |", flush=True)
+                          f"{np.quantile(ms, 0.95):.0f} | {ms.max():.0f} | {len(ms)} | "
+                          f"{len(failed)} {sorted(set(failed)) if failed else ''} |", flush=True)
 
 
 if __name__ == "__main__":
