@@ -24,7 +24,8 @@ async def require_api_key(request: Request, api_key: str | None = Security(_sche
     keys = request.app.state.settings.api_keys
     if not keys:
         return
-    headers = {"WWW-Authenticate": API_KEY_HEADER}
+    # close the connection: never read (drain) a body, possibly gigabytes, that will not be used
+    headers = {"WWW-Authenticate": API_KEY_HEADER, "Connection": "close"}
     if not api_key:
         raise APIError(401, "unauthorized", f"missing {API_KEY_HEADER} header: this service requires an API key", headers)
     if not key_accepted(api_key, keys):

@@ -6,9 +6,10 @@ with the scalars and the layer table, then the network embedding and the layer e
 about 4 bytes a float instead of ~20 as JSON text.
 
 Redis failures never fail a request: the lookup counts as a miss, `sne_cache_errors_total` goes up, and
-Redis is skipped for a backoff (`SNE_REDIS_RETRY_SECONDS`, doubling per consecutive failure, at most 60 s)
-after which the next call tries again (redis-py reconnects by itself). Every lookup counts as exactly one
-hit or one miss (`sne_cache_hits_total` / `sne_cache_misses_total`).
+Redis is skipped for a backoff (`SNE_REDIS_RETRY_SECONDS`, doubling per failed retry, at most 60 s)
+after which the next call tries again. Calls that were already in flight when a failure was counted fail
+with the same outage and do not double the backoff again: 100 concurrent timeouts cost one step, not 100
+(redis-py reconnects by itself). Every lookup counts as exactly one hit or one miss (`sne_cache_hits_total` / `sne_cache_misses_total`).
 """
 from __future__ import annotations
 
@@ -17,9 +18,9 @@ import json
 import logging
 import struct
 import time
-from collections import OrderedDict
 from typing import Protocol, runtime_checkable
 
+import cachetools
 import numpy as np
 from redis.exceptions import RedisError
 
@@ -130,33 +131,47 @@ class ResultCache(Protocol):
 
 
 class LRUCache:
-    """In-process LRU of packed records (`SNE_LRU_SIZE` entries; 0 turns caching off)."""
+    """In-process LRU of packed records, bounded by bytes (`SNE_LRU_BYTES`) and by entries (`SNE_LRU_SIZE`).
+
+    By bytes because entries differ by orders of magnitude (the layer table grows with the checkpoint, names
+    included): 1,024 entries of long-named checkpoints were a gigabyte. A `cachetools.LRUCache` weighing each
+    packed record by its length; a record larger than the whole budget is not kept. 0 in either bound turns
+    caching off.
+    """
 
     backend = "lru"
 
-    def __init__(self, max_entries: int) -> None:
+    def __init__(self, max_entries: int, max_bytes: int = 256 * 1024 * 1024) -> None:
         self.max_entries = max_entries
-        self._data: OrderedDict[str, bytes] = OrderedDict()
+        self.max_bytes = max_bytes
+        self._data: cachetools.LRUCache[str, bytes] = cachetools.LRUCache(maxsize=max(1, max_bytes), getsizeof=len)
 
     def __len__(self) -> int:
         return len(self._data)
 
+    @property
+    def nbytes(self) -> int:
+        """Bytes held (the sum of the packed records' lengths)."""
+        return int(self._data.currsize)
+
     async def get(self, key: str) -> Encoding | None:
-        raw = self._data.get(key)
+        raw = self._data.get(key)  # a hit moves the key to the most recently used end
         if raw is None:
             CACHE_MISSES.inc()
             return None
-        self._data.move_to_end(key)
         CACHE_HITS.inc()
         return unpack_encoding(raw)
 
     async def set(self, key: str, encoding: Encoding) -> None:
-        if self.max_entries <= 0:
+        if self.max_entries <= 0 or self.max_bytes <= 0:
             return
-        self._data[key] = pack_encoding(encoding)
-        self._data.move_to_end(key)
+        record = pack_encoding(encoding)
+        if len(record) > self.max_bytes:
+            log.info("not caching %s: its record (%d bytes) exceeds SNE_LRU_BYTES", key, len(record))
+            return
+        self._data[key] = record  # evicts least recently used records until it fits
         while len(self._data) > self.max_entries:
-            self._data.popitem(last=False)
+            self._data.popitem()  # the least recently used
 
     async def state(self) -> str:
         return "in-process"
@@ -183,7 +198,8 @@ class RedisCache:
         self._client = redis.Redis.from_url(
             url, socket_timeout=timeout, socket_connect_timeout=timeout, retry=Retry(NoBackoff(), 0)
         )
-        self._failures = 0
+        self._failures = 0  # consecutive outages (failed retries), not failed calls: see _failed
+        self._failed_at = 0.0
         self._down_until = 0.0
         self.last_error: str | None = None
 
@@ -194,8 +210,11 @@ class RedisCache:
     def _skipping(self) -> bool:
         return self._failures > 0 and time.monotonic() < self._down_until
 
-    def _failed(self, op: str, e: BaseException) -> None:
+    def _failed(self, op: str, e: BaseException, started: float) -> None:
         CACHE_ERRORS.inc()
+        if self._failures and started < self._failed_at:
+            return  # began before the last counted failure: the same outage, already counted and backed off
+        self._failed_at = time.monotonic()
         self._failures += 1
         backoff = min(MAX_BACKOFF_SECONDS, self.retry_seconds * 2 ** (self._failures - 1))
         self._down_until = time.monotonic() + backoff
@@ -212,13 +231,14 @@ class RedisCache:
 
     async def _call(self, op: str, coro_fn, *args, **kwargs):
         """Run one Redis command with a hard deadline; (ok, value)."""
+        started = time.monotonic()
         try:
             async with asyncio.timeout(self.timeout * 2 + 0.1):
                 value = await coro_fn(*args, **kwargs)
         except asyncio.CancelledError:
             raise
         except REDIS_FAILURES as e:  # ConnectionError, TimeoutError, ResponseError, OSError, ...
-            self._failed(op, e)
+            self._failed(op, e, started)
             return False, None
         self._succeeded()
         return True, value
@@ -275,4 +295,4 @@ def make_cache(settings: Settings) -> ResultCache:
             timeout=settings.redis_timeout_seconds,
             retry_seconds=settings.redis_retry_seconds,
         )
-    return LRUCache(settings.lru_size)
+    return LRUCache(settings.lru_size, settings.lru_bytes)

@@ -15,6 +15,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from app.metrics import REJECTIONS
 from model.errors import CheckpointError
 
 log = logging.getLogger("sne.service")
@@ -33,14 +34,17 @@ class Reason(StrEnum):
     not_found = "not_found"
     unknown_predictor = "unknown_predictor"  # 404: ?predictor= / X-SNE-Predictor names no served predictor
     method_not_allowed = "method_not_allowed"
+    # 408: the body did not arrive in time (SNE_BODY_TIMEOUT_SECONDS)
+    body_timeout = "body_timeout"
     # 413: size
     too_large = "too_large"
     too_many_files = "too_many_files"
-    # 415: not safetensors at all (model.errors.CheckpointError)
+    # 415: not safetensors at all (model.errors.CheckpointError), or not multipart where only that is taken
     pickle = "pickle"
     zip = "zip"
     not_safetensors = "not_safetensors"
     unsupported_media_type = "unsupported_media_type"
+    multipart_required = "multipart_required"
     # 422: a malformed or unencodable checkpoint (model.errors.CheckpointError), or a bad request field
     bad_header = "bad_header"
     bad_offsets = "bad_offsets"
@@ -63,6 +67,9 @@ class Reason(StrEnum):
     non_finite_output = "non_finite_output"
     missing_file = "missing_file"
     invalid_request = "invalid_request"
+    unparseable = "unparseable"  # any other exception while reading an upload (app.parsing)
+    too_large_to_parse = "too_large_to_parse"
+    parse_timeout = "parse_timeout"
     # 5xx
     internal = "internal"
     encode_failed = "encode_failed"
@@ -70,6 +77,7 @@ class Reason(StrEnum):
     queue_full = "queue_full"
     shutting_down = "shutting_down"
     unavailable = "unavailable"
+    encode_timeout = "encode_timeout"  # 504: not encoded within SNE_ENCODE_TIMEOUT_SECONDS
     http_error = "http_error"
 
 
@@ -102,6 +110,7 @@ def error_body(reason: Reason | str, message: str) -> dict:
 
 
 def error_response(status: int, reason: Reason | str, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    REJECTIONS.labels(status=str(status), reason=str(reason)).inc()
     return JSONResponse(error_body(reason, message), status_code=status, headers=headers)
 
 

@@ -17,6 +17,7 @@ from app.cache import make_cache
 from app.device import autocast_dtype, resolve_device
 from app.errors import install_error_handlers
 from app.middleware import MetricsMiddleware
+from app.observability import BodyDeadlineMiddleware, RequestIdMiddleware
 from app.registry import Registry
 from app.reload import reload_on_sighup
 from app.routes import encode, health, metrics, pages, predictor, predictors
@@ -85,24 +86,31 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     """A new app; `settings` default to the `SNE_*` environment. Nothing heavy happens until its lifespan."""
+    settings = settings if settings is not None else get_settings()
+    docs = settings.docs  # SNE_DOCS=false: no /docs, no /openapi.json (and no Swagger UI assets)
     app = FastAPI(
         title="SNE weight-space encoding service",
         version="0.1.0",
         description=DESCRIPTION,
         lifespan=lifespan,
+        openapi_url="/openapi.json" if docs else None,
         docs_url=None,  # served by app.routes.pages from local assets (the default loads them from a CDN)
         redoc_url=None,
     )
-    app.state.settings = settings if settings is not None else get_settings()
+    app.state.settings = settings
     install_error_handlers(app)
+    app.add_middleware(BodyDeadlineMiddleware, timeout=settings.body_timeout_seconds)
     app.add_middleware(MetricsMiddleware)
+    app.add_middleware(RequestIdMiddleware)  # outermost: every log line of the request carries its id
     app.include_router(encode.router)
     app.include_router(predictor.router)
     app.include_router(predictors.router)
     app.include_router(health.router)
     app.include_router(metrics.router)
     app.include_router(pages.router)
-    app.mount(pages.SWAGGER_STATIC, pages.swagger_assets(), name="swagger-ui")
+    if docs:
+        app.include_router(pages.docs_router)
+        app.mount(pages.SWAGGER_STATIC, pages.swagger_assets(), name="swagger-ui")
     return app
 
 

@@ -7,15 +7,20 @@ parser's message, naming the `SNE_*` setting when a limit refused it).
 """
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from app.errors import Reason
 from model.admission import Limits
 from model.chunking import ChunkedLayer, LayerRow, Progress, chunk_file
+from model.errors import CheckpointError
 from model.predictor import Predictor
 
 __all__ = ["LayerRow", "ParsedCheckpoint", "parse_upload"]
+
+log = logging.getLogger("sne.parsing")
 
 
 @dataclass
@@ -31,7 +36,26 @@ class ParsedCheckpoint:
 def parse_upload(
     source: bytes | Path, sha256: str, predictor: Predictor, limits: Limits, progress: Progress | None = None
 ) -> ParsedCheckpoint:
-    """Admit and chunk one checkpoint with the predictor's chunk size; samples are seeded by `sha256`."""
+    """Admit and chunk one checkpoint with the predictor's chunk size; samples are seeded by `sha256`.
+
+    Whatever else goes wrong while reading an upload (a library limit, an overflow, memory) is the file's
+    fault too: it becomes a `CheckpointError` (422), never a 500.
+    """
+    try:
+        return _parse(source, sha256, predictor, limits, progress)
+    except CheckpointError:
+        raise
+    except MemoryError:
+        raise CheckpointError(Reason.too_large_to_parse, "the checkpoint needs more memory to read than this service has") from None
+    except Exception as e:  # noqa: BLE001 - the upload is untrusted input: every failure is a refusal
+        log.warning("upload %s could not be parsed: %s: %s", sha256[:12], type(e).__name__, e)
+        detail = str(e)[:200]
+        raise CheckpointError(Reason.unparseable, f"the checkpoint could not be read ({type(e).__name__}: {detail})") from None
+
+
+def _parse(
+    source: bytes | Path, sha256: str, predictor: Predictor, limits: Limits, progress: Progress | None = None
+) -> ParsedCheckpoint:
     t0 = time.perf_counter()
     ck = chunk_file(source, predictor.config.chunk_size, limits, sha256, progress)
     skipped = [{"name": s.name, "dtype": s.dtype, "shape": s.shape, "reason": s.reason} for s in ck.skipped]

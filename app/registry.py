@@ -25,7 +25,7 @@ import torch
 from app import predictors as sources
 from app.cache import ResultCache
 from app.errors import APIError, Reason
-from app.metrics import PREDICTOR_INFO, QUEUE_DEPTH
+from app.metrics import LARGE_QUEUE_DEPTH, PREDICTOR_INFO, QUEUE_DEPTH
 from app.predictors import DEFAULT_NAME, Problem, Source
 from app.service import EncodeService
 from app.settings import Settings
@@ -49,6 +49,11 @@ class Served:
     @property
     def name(self) -> str:
         return self.predictor.name
+
+    @property
+    def lanes(self) -> list[BatchWorker]:
+        """Its batch worker and, when SNE_LARGE_CHUNKS > 0, the large-checkpoint lane."""
+        return [self.worker] + ([self.service.large_worker] if self.service.large_worker is not None else [])
 
     @property
     def is_default(self) -> bool:
@@ -76,7 +81,7 @@ class Registry:
         self._served: list[Served] = []  # default first
         self._names: dict[str, Served] = {}  # card names and aliases
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sne-forward")
-        self._parse_limiter = anyio.CapacityLimiter(settings.parse_workers)
+        self._parse_slots = asyncio.Semaphore(settings.parse_workers)  # shared: SNE_PARSE_WORKERS per process
         self._lock = asyncio.Lock()
         self._retiring: set[asyncio.Task] = set()
         self._stopped = False
@@ -197,7 +202,15 @@ class Registry:
             retry_after_seconds=s.retry_after_seconds, executor=self._executor,
         )
         await worker.start()
-        service = EncodeService(predictor, worker, self.cache, s, parse_limiter=self._parse_limiter)
+        large = None  # the lane of checkpoints over SNE_LARGE_CHUNKS: one at a time, on its own thread
+        if s.large_chunks > 0:
+            large = BatchWorker(
+                predictor, max_batch_size=1, max_wait_ms=0.0, queue_limit=s.large_queue_limit, autocast=self.autocast,
+                retry_after_seconds=s.retry_after_seconds, name="sne-forward-large", depth_gauge=LARGE_QUEUE_DEPTH,
+                limit_setting="SNE_LARGE_QUEUE_LIMIT",
+            )
+            await large.start()
+        service = EncodeService(predictor, worker, self.cache, s, large_worker=large, parse_slots=self._parse_slots)
         served = Served(src, predictor, worker, service)
         served.idle.set()
         if not predictor.trained:
@@ -231,14 +244,17 @@ class Registry:
                         served.leases, timeout)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
-        served.worker.drain()
+        for w in served.lanes:
+            w.drain()
         await served.service.drain(timeout)
-        await served.worker.stop(max(0.0, deadline - loop.time()))
+        for w in served.lanes:
+            await w.stop(max(0.0, deadline - loop.time()))
         if served.name not in self._names:  # gone for good: drop its queue-depth series
-            try:
-                QUEUE_DEPTH.remove(served.name)
-            except KeyError:
-                pass
+            for gauge in (QUEUE_DEPTH, LARGE_QUEUE_DEPTH):
+                try:
+                    gauge.remove(served.name)
+                except KeyError:
+                    pass
         log.info("retired predictor %s %s", served.name, served.predictor.version)
 
     async def stop(self, timeout: float) -> None:
@@ -248,11 +264,12 @@ class Registry:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         for s in self._served:
-            s.worker.drain()
+            for w in s.lanes:
+                w.drain()
         for s in self._served:  # in turn, not gathered: the first stops taking uploads before anything yields
             await s.service.drain(max(0.0, deadline - loop.time()))
         remaining = max(0.0, deadline - loop.time())
-        await asyncio.gather(*(s.worker.stop(remaining) for s in self._served))
+        await asyncio.gather(*(w.stop(remaining) for s in self._served for w in s.lanes))
         if self._retiring:
             await asyncio.wait(list(self._retiring), timeout=max(0.1, deadline - loop.time()))
         self._executor.shutdown(wait=False, cancel_futures=True)

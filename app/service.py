@@ -14,15 +14,15 @@ import anyio
 import torch
 
 from app.cache import ResultCache, cache_key
-from app.encoding import Encoding
+from app.encoding import Encoding, StageTimes
 from app.errors import APIError, Reason
-from app.metrics import PARSE_FAILURES, PREDICTED_ACCURACY
-from app.parsing import parse_upload
+from app.metrics import OOD_FLAGS, PARSE_FAILURES, PREDICTED_ACCURACY
+from app.parsing import ParsedCheckpoint, parse_upload
 from app.settings import Settings
 from app.uploads import Upload
 from app.worker import BatchWorker
 from model.errors import CheckpointError
-from model.predictor import Predictor
+from model.predictor import Prediction, Predictor
 
 log = logging.getLogger("sne.service")
 
@@ -30,15 +30,16 @@ log = logging.getLogger("sne.service")
 class EncodeService:
     def __init__(
         self, predictor: Predictor, worker: BatchWorker, cache: ResultCache, settings: Settings,
-        parse_limiter: anyio.CapacityLimiter | None = None,
+        large_worker: BatchWorker | None = None, parse_slots: asyncio.Semaphore | None = None,
     ) -> None:
-        """One service per served predictor; `parse_limiter` is shared by all of them so SNE_PARSE_WORKERS
+        """One service per served predictor; `parse_slots` is shared by all of them so SNE_PARSE_WORKERS
         bounds the process, not each predictor."""
         self.predictor = predictor
         self.worker = worker
+        self.large_worker = large_worker  # lane for checkpoints over SNE_LARGE_CHUNKS (None: one lane)
         self.cache = cache
         self.settings = settings
-        self._parse_limiter = parse_limiter or anyio.CapacityLimiter(settings.parse_workers)
+        self._parse_slots = parse_slots or asyncio.Semaphore(settings.parse_workers)
         self._limits = settings.limits()
         self._inflight: dict[str, asyncio.Task] = {}
         self._closing = False
@@ -65,6 +66,7 @@ class EncodeService:
             raise
         if hit is not None:
             upload.close()
+            OOD_FLAGS.inc(hit.prediction.ood_flag)
             return hit
         task = self._inflight.get(upload.sha256)
         if task is None:
@@ -94,23 +96,61 @@ class EncodeService:
 
         return done
 
+    async def _parse(self, upload: Upload) -> ParsedCheckpoint:
+        """`parse_upload` in a thread, at most `parse_workers` at once, within `parse_timeout_seconds`.
+
+        A thread cannot be killed: on timeout the request is answered (422) and the thread is abandoned, but
+        it keeps its parse slot until it really ends, so runaway parses can never outnumber the slots.
+        """
+        await self._parse_slots.acquire()
+        loop = asyncio.get_running_loop()
+        source, sha256 = upload.source, upload.sha256
+
+        def job() -> ParsedCheckpoint:
+            try:
+                return parse_upload(source, sha256, self.predictor, self._limits)
+            finally:
+                loop.call_soon_threadsafe(self._parse_slots.release)
+
+        timeout = self.settings.parse_timeout_seconds
+        try:
+            with anyio.fail_after(timeout):
+                return await anyio.to_thread.run_sync(job, abandon_on_cancel=True)
+        except TimeoutError:
+            raise CheckpointError(
+                Reason.parse_timeout, f"reading this checkpoint took longer than {timeout:g} s (SNE_PARSE_TIMEOUT_SECONDS)"
+            ) from None
+
+    def lane(self, parsed: ParsedCheckpoint) -> BatchWorker:
+        """The cost estimate (chunks) picks the lane: a large checkpoint never sits in a batch of small ones."""
+        if self.large_worker is not None and parsed.n_chunks > self.settings.large_chunks:
+            return self.large_worker
+        return self.worker
+
+    async def _encode(self, parsed: ParsedCheckpoint) -> tuple[Prediction, StageTimes]:
+        """Queue + forward within `encode_timeout_seconds`; past it 504 (a forward already running finishes in
+        its thread, its answer is dropped; a queued checkpoint is never started)."""
+        timeout = self.settings.encode_timeout_seconds
+        try:
+            async with asyncio.timeout(timeout):
+                return await self.lane(parsed).submit(parsed)
+        except TimeoutError:
+            raise APIError(
+                504, Reason.encode_timeout,
+                f"this checkpoint ({parsed.n_chunks} chunks) was not encoded within {timeout:g} s "
+                "(SNE_ENCODE_TIMEOUT_SECONDS): the encoder is busy or the checkpoint is very large; retry later",
+            ) from None
+
     async def _compute(self, upload: Upload) -> Encoding:
         try:
-            parsed = await anyio.to_thread.run_sync(
-                parse_upload,
-                upload.source,
-                upload.sha256,
-                self.predictor,
-                self._limits,
-                limiter=self._parse_limiter,
-            )
+            parsed = await self._parse(upload)
         except CheckpointError as e:
             PARSE_FAILURES.labels(reason=e.reason).inc()
             raise APIError.from_checkpoint_error(e) from None
         finally:
             upload.close()
         try:
-            prediction, times = await self.worker.submit(parsed)
+            prediction, times = await self._encode(parsed)
         except APIError:
             raise
         except torch.OutOfMemoryError:
@@ -128,6 +168,7 @@ class EncodeService:
                 "the encoder produced NaN/Inf for this checkpoint (its weights are too extreme to encode)",
             )
         PREDICTED_ACCURACY.labels(predictor=self.predictor.name).observe(prediction.accuracy)
+        OOD_FLAGS.labels(predictor=self.predictor.name).inc(prediction.ood_flag)
         encoding = Encoding(
             upload.sha256, prediction, parsed.layers, parsed.skipped, cached=False,
             times=replace(times, parse_ms=parsed.parse_ms),

@@ -37,6 +37,9 @@ class Settings(BaseSettings):
     )
     cache_ttl_seconds: int = Field(7 * 24 * 3600, description="Lifetime of a cached result in Redis.")
     lru_size: int = Field(1024, description="Entries of the in-process cache used when Redis is unset.")
+    lru_bytes: int = Field(
+        256 * 1024 * 1024, ge=0, description="Bytes of the in-process cache (packed records); the least recently used go first."
+    )
     max_upload_bytes: int = Field(512 * 1024 * 1024, description="Largest accepted checkpoint (413 above).")
     max_batch_size: int = Field(32, description="Most checkpoints the worker encodes in one forward.")
     max_batch_chunks: int = Field(262_144, description="Chunk budget of one batch (bounds memory per forward).")
@@ -58,7 +61,7 @@ class Settings(BaseSettings):
         0.5, gt=0, description="Connect/read timeout of one Redis call; a slower Redis counts as down for that call."
     )
     redis_retry_seconds: float = Field(
-        5.0, ge=0, description="After a Redis failure, skip Redis this long before trying again (doubles per failure, max 60 s)."
+        5.0, ge=0, description="After a Redis failure, skip Redis this long before trying again (doubles per failed retry, max 60 s; concurrent failures count once)."
     )
     # ---- checkpoint limits: bounded from the header before any work scales with them (model.admission.Limits)
     max_header_bytes: int = Field(_LIMITS.max_header_bytes, ge=2, description="Largest safetensors JSON header (422 above).")
@@ -100,6 +103,34 @@ class Settings(BaseSettings):
     torch_threads: int | None = Field(
         None, ge=1, description="torch intra-op threads of the encoder (torch's default when unset)."
     )
+
+    # ---- hardening (issue 11): every limit a client can hit, with what it sees there (README "Reliability")
+    parse_timeout_seconds: float = Field(
+        30.0, gt=0, description="Longest an upload may take to read and chunk (422 `parse_timeout` above)."
+    )
+    body_timeout_seconds: float = Field(
+        120.0, gt=0, description="Longest an upload's body may take to arrive (408 `body_timeout` above; the connection is closed)."
+    )
+    limit_concurrency: int = Field(
+        512, ge=1, description="Open connections plus in-flight requests `sne serve` accepts before answering 503."
+    )
+    keep_alive_seconds: int = Field(5, ge=1, description="Idle keep-alive connections are closed after this long.")
+    http_header_bytes: int = Field(
+        65_536, ge=1024, description="Largest request line plus headers `sne serve` reads (h11); the connection is dropped above."
+    )
+    backlog: int = Field(2048, ge=1, description="Pending TCP connections the listening socket queues (`sne serve`).")
+    large_chunks: int = Field(
+        32_768, ge=0, description="Checkpoints with more chunks are encoded in their own lane (one at a time, its own "
+        "thread), so they never hold up small ones; 0 puts every checkpoint in one lane."
+    )
+    large_queue_limit: int = Field(4, ge=1, description="Large checkpoints waiting for their lane before new ones get 503.")
+    encode_timeout_seconds: float = Field(
+        120.0, gt=0, description="Longest an upload may wait for and take in the encoder (504 `encode_timeout` above)."
+    )
+    log_format: Literal["text", "json"] = Field(
+        "text", description="`json`: one JSON object per log line (python-json-logger), with the request id."
+    )
+    docs: bool = Field(True, description="Serve `/docs` (Swagger UI) and `/openapi.json`; `false` turns both off (404).")
 
     def limits(self) -> Limits:
         """The checkpoint limits and chunk budgets, shared by the service and the CLI (`model.admission`)."""

@@ -23,6 +23,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import torch
+from prometheus_client import Gauge
 
 from app.encoding import StageTimes
 from app.errors import APIError, Reason
@@ -53,6 +54,9 @@ class BatchWorker:
         autocast: torch.dtype | None = None,
         retry_after_seconds: int = 1,
         executor: ThreadPoolExecutor | None = None,
+        name: str = "sne-forward",
+        depth_gauge: Gauge = QUEUE_DEPTH,
+        limit_setting: str = "SNE_QUEUE_LIMIT",
     ) -> None:
         self.predictor = predictor
         self.label = predictor.name  # the `predictor` label of this worker's metrics
@@ -62,6 +66,9 @@ class BatchWorker:
         self.queue_limit = max(1, queue_limit)
         self.autocast = autocast
         self.retry_after = str(retry_after_seconds)
+        self.name = name  # of the forward thread (a second worker is the large-checkpoint lane)
+        self._depth_gauge = depth_gauge.labels(predictor=self.label)
+        self._limit_setting = limit_setting
         self._queue: collections.deque[_Job] = collections.deque()
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task | None = None
@@ -86,7 +93,7 @@ class BatchWorker:
     async def start(self) -> None:
         if self._task is not None:
             return
-        self._executor = self._shared_executor or ThreadPoolExecutor(max_workers=1, thread_name_prefix="sne-forward")
+        self._executor = self._shared_executor or ThreadPoolExecutor(max_workers=1, thread_name_prefix=self.name)
         self._task = asyncio.create_task(self._run(), name="sne-batcher")
 
     def drain(self) -> None:
@@ -118,7 +125,7 @@ class BatchWorker:
             job = self._queue.popleft()
             if not job.future.done():
                 job.future.set_exception(self._unavailable(Reason.shutting_down, "the service is shutting down"))
-        QUEUE_DEPTH.labels(predictor=self.label).set(0)
+        self._depth_gauge.set(0)
         if self._executor is not None and self._executor is not self._shared_executor:
             self._executor.shutdown(wait=False, cancel_futures=True)
         self._executor = None
@@ -134,11 +141,11 @@ class BatchWorker:
             raise self._unavailable(Reason.shutting_down, "the service is shutting down; retry on another instance")
         if len(self._queue) >= self.queue_limit:
             raise self._unavailable(
-                Reason.queue_full, f"{len(self._queue)} checkpoints are already waiting (SNE_QUEUE_LIMIT); retry shortly"
+                Reason.queue_full, f"{len(self._queue)} checkpoints are already waiting ({self._limit_setting}); retry shortly"
             )
         future = asyncio.get_running_loop().create_future()
         self._queue.append(_Job(parsed, future, time.perf_counter()))
-        QUEUE_DEPTH.labels(predictor=self.label).set(len(self._queue))
+        self._depth_gauge.set(len(self._queue))
         self._wakeup.set()
         return await future
 
@@ -167,7 +174,7 @@ class BatchWorker:
             self._queue.popleft()
             batch.append(job)
             chunks += job.parsed.n_chunks
-        QUEUE_DEPTH.labels(predictor=self.label).set(len(self._queue))
+        self._depth_gauge.set(len(self._queue))
         return batch
 
     async def _run(self) -> None:

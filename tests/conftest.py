@@ -245,12 +245,16 @@ def private_redis() -> Iterator[PrivateRedis]:
 
 
 @contextlib.contextmanager
-def live_server(app, timeout: float = 60.0) -> Iterator[str]:
-    """Serve `app` with uvicorn on a free loopback port in a daemon thread; yield its base URL."""
+def live_server(app, timeout: float = 60.0, **options) -> Iterator[str]:
+    """Serve `app` with uvicorn on a free loopback port in a daemon thread; yield its base URL.
+
+    `options` are more `uvicorn.Config` arguments (e.g. `app.server_config.uvicorn_options`' limits).
+    """
     import uvicorn
 
     port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on"))
+    config = {"log_level": "warning", "lifespan": "on", **options, "host": "127.0.0.1", "port": port}
+    server = uvicorn.Server(uvicorn.Config(app, **config))
     thread = threading.Thread(target=server.run, name="sne-test-server", daemon=True)
     thread.start()
     deadline = time.monotonic() + timeout

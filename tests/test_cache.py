@@ -181,3 +181,29 @@ async def test_redis_cache_unit_backoff():
     assert metric_value("sne_cache_misses_total") == misses + 2  # every lookup is a hit or a miss
     assert cache.down
     await cache.close()
+
+
+def long_named(seed: int, layers: int = 200) -> Encoding:
+    """A record whose layer table has long names: ~100x the bytes of `sample_result`'s."""
+    base = sample_result(seed)
+    rows = [LayerRow(f"model.{'very_long_module_name.' * 8}{i}.weight", "linear", i, [4, 4], 16, 1) for i in range(layers)]
+    prediction = Prediction(**{**base.prediction.__dict__, "layer_embeddings": np.zeros((layers, 32), np.float32)})
+    return Encoding(sha256=base.sha256, prediction=prediction, layers=rows)
+
+
+async def test_lru_is_bounded_by_bytes_not_entries():
+    small, big = len(pack_encoding(sample_result(0))), len(pack_encoding(long_named(0)))
+    assert big > 50 * small
+    budget = 3 * big + big // 2
+    lru = LRUCache(max_entries=1024, max_bytes=budget)
+    for i in range(20):  # 20 long-named records into room for 3.5
+        await lru.set(f"k{i}", long_named(i))
+        assert lru.nbytes <= budget
+    assert len(lru) == 3 and lru.nbytes == 3 * big
+    assert [await lru.get(f"k{i}") is not None for i in (16, 17, 18, 19)] == [False, True, True, True]
+    for i in range(200):  # small records fill the same budget by count of bytes, evicting the big ones
+        await lru.set(f"s{i}", sample_result(i))
+    assert len(lru) > 3 and lru.nbytes <= budget
+    tiny = LRUCache(max_entries=1024, max_bytes=big - 1)  # a record bigger than the whole budget is not kept
+    await tiny.set("x", long_named(1))
+    assert len(tiny) == 0 and await tiny.get("x") is None

@@ -116,8 +116,8 @@ async def encode(
     "/encode/batch",
     response_model=BatchResponse,
     response_model_exclude_unset=True,
-    # a bad file is answered inside the 200 body; 422 only for a bad query parameter
-    responses={**{k: v for k, v in UPLOAD_ERRORS.items() if k in (400, 401, 413, 503)}, 404: UNKNOWN_PREDICTOR,
+    # a bad file is answered inside the 200 body; 422 only for a bad query parameter; 415 for a raw body
+    responses={**{k: v for k, v in UPLOAD_ERRORS.items() if k in (400, 401, 413, 415, 503)}, 404: UNKNOWN_PREDICTOR,
                422: BAD_QUERY},
     openapi_extra=BATCH_BODY,
     summary="Encode several checkpoints in one request",
@@ -130,6 +130,10 @@ async def encode_batch(
 ) -> BatchResponse:
     started = time.perf_counter()
     service = served.service
+    if not is_multipart(request):  # a raw body is one file: that is POST /v1/encode
+        PARSE_FAILURES.labels(reason=Reason.multipart_required).inc()
+        raise APIError(415, Reason.multipart_required, "POST /v1/encode/batch takes multipart/form-data file parts; "
+                       "send a single raw checkpoint to POST /v1/encode")
     uploads = await receive_uploads(request, settings, max_files=settings.max_batch_files)
     names = [u.filename for u in uploads]
     outcomes = await asyncio.gather(*(service.encode(u) for u in uploads), return_exceptions=True)

@@ -20,6 +20,7 @@ from model.predictor import Predictor
 SWAGGER_STATIC = "/static/swagger-ui"
 
 router = APIRouter(include_in_schema=False)
+docs_router = APIRouter(include_in_schema=False)  # registered only when SNE_DOCS is on
 
 
 def swagger_assets() -> StaticFiles:
@@ -27,7 +28,7 @@ def swagger_assets() -> StaticFiles:
     return StaticFiles(directory=str(files("fastapi_offline") / "static"))
 
 
-@router.get("/docs", response_class=HTMLResponse)
+@docs_router.get("/docs", response_class=HTMLResponse)
 async def docs(request: Request) -> HTMLResponse:
     return get_swagger_ui_html(
         openapi_url=request.app.openapi_url,
