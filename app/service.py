@@ -66,7 +66,7 @@ class EncodeService:
             raise
         if hit is not None:
             upload.close()
-            OOD_FLAGS.inc(hit.prediction.ood_flag)
+            OOD_FLAGS.labels(predictor=self.predictor.name).inc(hit.prediction.ood_flag)
             return hit
         task = self._inflight.get(upload.sha256)
         if task is None:

@@ -18,6 +18,7 @@ import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, BinaryIO
 
 from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
@@ -44,7 +45,11 @@ class Upload:
     @property
     def source(self) -> bytes | Path:
         """What `model.checkpoint.load_checkpoint` reads."""
-        return self.data if self.path is None else self.path
+        if self.path is not None:
+            return self.path
+        if self.data is None:
+            raise RuntimeError("upload already closed")  # a bug, not bad input: closed uploads are never parsed
+        return self.data
 
     def close(self) -> None:
         """Forget the bytes; delete the spooled file if there is one."""
@@ -97,7 +102,7 @@ class _Sink:
         self.size = 0
         self.hash = hashlib.sha256()
         self.buf = bytearray()
-        self.file = None
+        self.file: BinaryIO | None = None
         self.path: Path | None = None
 
     def write(self, data: bytes) -> None:
@@ -189,7 +194,7 @@ class _MultipartReader:
         self.disposition = b""
         self.n_files = 0
 
-    def callbacks(self) -> dict:
+    def callbacks(self) -> Any:  # multipart's MultipartCallbacks (a TypedDict)
         return {
             "on_part_begin": self.on_part_begin,
             "on_part_data": self.on_part_data,

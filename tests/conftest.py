@@ -17,8 +17,8 @@ import subprocess
 import threading
 import time
 import uuid
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from typing import AsyncIterator, Iterator
 
 import httpx
 import numpy as np
@@ -161,10 +161,16 @@ def scrape(text: str, metric: str, /, **labels: str) -> float:
 
 
 def metric_value(metric: str, /, **labels: str) -> float:
-    """Current value of a sample in the process registry (0 when absent)."""
+    """Sum of the samples of `metric` in the process registry whose labels include `labels` (0 when absent):
+    a metric labelled per predictor reads as its total unless a predictor is named."""
     from prometheus_client import REGISTRY
 
-    return REGISTRY.get_sample_value(metric, labels or None) or 0.0
+    return sum(
+        s.value
+        for family in REGISTRY.collect()
+        for s in family.samples
+        if s.name == metric and all(s.labels.get(k) == v for k, v in labels.items())
+    )
 
 
 # --------------------------------------------------------------------------------------------- redis

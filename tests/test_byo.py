@@ -65,7 +65,7 @@ def test_changed_settings_are_refused_then_kept_with_resume(walkthrough):
     res = _run([*args, "--epochs", "2", "--lr", "0.01"], env)
     assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr
     (line,) = res.stderr.strip().splitlines()
-    assert "lr=0.001 (now 0.01)" in line and "--resume" in line and "--restart" in line
+    assert "lr=0.002 (now 0.01)" in line and "--resume" in line and "--restart" in line
 
 
 def test_check_resume_modes(tmp_path):

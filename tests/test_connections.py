@@ -27,6 +27,7 @@ from tests.conftest import (
     metric_value,
     running_app,
     settings_for,
+    unique_seed,
 )
 
 pytestmark = pytest.mark.anyio
@@ -142,7 +143,12 @@ def test_uvicorn_options_carry_every_limit() -> None:
 # ------------------------------------------------------------------------------------------ ASGI
 
 
-async def test_request_id_generated_echoed_and_logged(svc_predictor_dir, caplog) -> None:
+async def test_request_id_generated_echoed_and_logged(svc_predictor_dir, caplog, monkeypatch) -> None:
+    import app.parsing
+
+    def unexpected(*args, **kwargs):  # a failure no bound foresaw, raised in the parse thread
+        raise RuntimeError("something no limit foresaw")
+
     caplog.handler.addFilter(RequestIdFilter())
     caplog.set_level(logging.WARNING, logger="sne")
     async with running_app(settings_for(svc_predictor_dir)) as client:
@@ -154,10 +160,9 @@ async def test_request_id_generated_echoed_and_logged(svc_predictor_dir, caplog)
         assert r.headers["x-request-id"] == "ci-run-42"
         r = await client.get("/healthz", headers={"X-Request-ID": "bad id\twith spaces"})
         assert r.headers["x-request-id"] != "bad id\twith spaces" and len(r.headers["x-request-id"]) == 32
-        # a 65-dimension tensor holding a NaN: torch cannot check it, the parse guard logs it and answers 422
-        raw = json.dumps({"w": {"dtype": "F32", "shape": [1] * 65, "data_offsets": [0, 4]}}).encode()
-        blob = len(raw).to_bytes(8, "little") + raw + b"\x00\x00\xc0\x7f"
-        r = await client.post("/v1/encode", content=blob, headers={"X-Request-ID": "nan-65"})
+        # an unexpected failure while reading: the parse guard logs it (in the parse thread) and answers 422
+        monkeypatch.setattr(app.parsing, "chunk_file", unexpected)
+        r = await client.post("/v1/encode", content=ckpt_bytes("mlp", unique_seed()), headers={"X-Request-ID": "nan-65"})
         assert r.status_code == 422 and r.json()["error"]["reason"] == "unparseable"
     lines = [rec for rec in caplog.records if rec.name.startswith("sne") and "could not be parsed" in rec.getMessage()]
     assert lines and all(rec.request_id == "nan-65" for rec in lines)

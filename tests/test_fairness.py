@@ -13,6 +13,7 @@ import time
 import pytest
 
 from app.parsing import parse_upload
+from model.admission import Limits
 from model.predictor import Predictor
 from tests.conftest import ckpt_bytes, running_app, settings_for
 
@@ -36,7 +37,7 @@ def hold_large_forwards(worker, release: threading.Event, entered: threading.Eve
 def sizes(predictor_dir) -> tuple[int, int]:
     p = Predictor.load(predictor_dir)
     big, small = ckpt_bytes("cnn", 31), ckpt_bytes("mlp", 32)
-    return parse_upload(big, "b", p, 65_536).n_chunks, parse_upload(small, "s", p, 65_536).n_chunks
+    return parse_upload(big, "b", p, Limits()).n_chunks, parse_upload(small, "s", p, Limits()).n_chunks
 
 
 async def test_small_uploads_pass_a_large_one_in_its_own_lane(svc_predictor_dir) -> None:

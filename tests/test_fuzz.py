@@ -28,6 +28,7 @@ from hypothesis import strategies as st
 
 from app.errors import checkpoint_status
 from app.parsing import ParsedCheckpoint, parse_upload
+from model.admission import Limits
 from model.errors import CheckpointError
 from model.predictor import Predictor
 from tests.conftest import settings_for
@@ -37,7 +38,7 @@ ASGI_EXAMPLES = 200
 SLOW_EXAMPLES = 10_000
 #: per-example bound: generous for a shared 2-core CI box; a frozen parser takes tens of seconds
 SECONDS = 5.0
-MAX_LAYER_CHUNKS = 65_536
+LIMITS = Limits()
 
 SIZES = {"F16": 2, "BF16": 2, "F32": 4, "F64": 8, "I64": 8, "I32": 4, "I16": 2, "U8": 1, "I8": 1, "BOOL": 1}
 NP = {"F16": "<f2", "F32": "<f4", "F64": "<f8"}
@@ -150,7 +151,7 @@ def check_parse(blob: bytes, predictor: Predictor) -> None:
     sha = hashlib.sha256(blob).hexdigest()
     t0 = time.perf_counter()
     try:
-        parsed = parse_upload(blob, sha, predictor, MAX_LAYER_CHUNKS)
+        parsed = parse_upload(blob, sha, predictor, LIMITS)
     except CheckpointError as e:
         assert checkpoint_status(e) in (415, 422), (e.reason, checkpoint_status(e))
         assert e.reason and e.message
@@ -259,7 +260,7 @@ def test_issue_rows_are_refused_quickly(row: str, predictor: Predictor) -> None:
     blob = ROWS[row][0]()
     t0 = time.perf_counter()
     with pytest.raises(CheckpointError) as info:
-        parse_upload(blob, hashlib.sha256(blob).hexdigest(), predictor, MAX_LAYER_CHUNKS)
+        parse_upload(blob, hashlib.sha256(blob).hexdigest(), predictor, LIMITS)
     elapsed = time.perf_counter() - t0
     assert checkpoint_status(info.value) in (413, 415, 422)
     assert elapsed < ROW_SECONDS, f"refused after {elapsed:.1f} s"

@@ -15,7 +15,15 @@ from typer.testing import CliRunner
 
 from app.cli import app as CLI
 from app.cli.gate import (
-    EXIT_ERROR, EXIT_FAIL, EXIT_PASS, decide, error_verdict, exit_code, gate_remote, render_markdown, retry_after_seconds,
+    EXIT_ERROR,
+    EXIT_FAIL,
+    EXIT_PASS,
+    decide,
+    error_verdict,
+    exit_code,
+    gate_remote,
+    render_markdown,
+    retry_after_seconds,
 )
 from model.checkpoint import load_checkpoint
 from model.predictor import Predictor

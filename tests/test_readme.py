@@ -37,3 +37,15 @@ def test_every_cli_command_is_documented() -> None:
     assert names == {"inspect", "encode", "zoo", "train", "eval", "serve", "gate"}
     for name in names:
         assert f"`sne {name}" in README, name
+
+
+def test_contributing_layout_matches_the_tree():
+    """CONTRIBUTING.md's layout names every module of app/ and model/, and names no module that does not exist."""
+    text = (ROOT / "CONTRIBUTING.md").read_text()
+    block = text.split("## Layout", 1)[1].split("```", 2)[1]
+    modules = {p for pkg in ("app", "model") for p in (ROOT / pkg).rglob("*.py") if p.name not in ("__init__.py", "__main__.py")}
+    missing = sorted(str(p.relative_to(ROOT)) for p in modules if p.name not in block)
+    assert not missing, f"modules missing from CONTRIBUTING.md's layout: {missing}"
+    existing = {p.name for d in ("app", "model", "benchmarks", "examples", "tests") for p in (ROOT / d).rglob("*.py")}
+    named = set(re.findall(r"[\w]+\.py", block))
+    assert named <= existing, f"CONTRIBUTING.md names modules that do not exist: {sorted(named - existing)}"

@@ -13,6 +13,23 @@ from model.zoo.family_zoo import generate_family_zoo
 from tests.conftest import make_predictor_dir
 
 
+def _reference_from_zoo(pdir: Path, zoo: Path) -> None:
+    """The OOD reference and threshold a trained predictor would have: its zoo's train embeddings, the
+    threshold from train and val scores (`model.training.guards.ood_check`, as `sne train` sets it)."""
+    from model.predictor import Predictor, knn_score
+    from model.training import load_examples, predict_examples
+    from model.training.guards import ood_check
+
+    pred = Predictor.load(pdir)
+    c = pred.config.chunk_size
+    train = predict_examples(pred.model, load_examples([zoo], "train", c))["emb"]
+    val = predict_examples(pred.model, load_examples([zoo], "val", c))["emb"]
+    ood = ood_check(knn_score(val, train).numpy(), knn_score(train, train).numpy())
+    pred.reference = train
+    pred.card = pred.card.updated(ood={"threshold": ood["threshold"], "k": 5})
+    pred.save(pdir)
+
+
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, Path, Path]:
     torch.set_num_threads(1)
@@ -23,6 +40,7 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, Path, Path
     mlp = root / "mlp-digits"
     generate_family_zoo(mlp, "mlp", n_runs=10, seed=0, save_epochs=(0, 1, 2))
     pdir = make_predictor_dir(root / "predictor")
+    _reference_from_zoo(pdir, arch1)
     results = evaluate_table([arch1], [arch1, mlp], root / "out", {"sne": pdir}, n_boot=50, statset_epochs=3)
     return results, root / "out", mlp
 
@@ -65,6 +83,6 @@ def test_table_intervals_and_ood(tiny_run: tuple[dict, Path, Path]) -> None:
         for key in ("coverage", "width", "coverage_normalized", "width_normalized", "ood_flag_rate"):
             assert 0.0 <= v[key] <= 1.0
         assert v["width"] == pytest.approx(0.1, abs=0.02)  # the fixture card's half-width 0.05 (clipped at 0, 1)
-    # the fixture's OOD reference is 5 small CNNs: Arch1 CNNs sit near them, the MLP family far away
+    # the OOD reference is the Arch1 zoo's train split: its test split sits near it, the MLP family far away
     in_dist, cross = (r["intervals"]["sne"]["ood_flag_rate"] for r in results["pairs"])
     assert cross - in_dist > 0.5

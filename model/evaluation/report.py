@@ -76,14 +76,13 @@ def update_card(predictor_dir: Path, results: dict[str, Any]) -> None:
     """Write the evaluation into a predictor's card, so `GET /v1/predictor` serves the evidence."""
     path = Path(predictor_dir) / "card.json"
     card = json.loads(path.read_text())
-    card.setdefault("metrics", {}).update(
-        {
-            "kendall_tau": results["kendall_tau"],
-            "gap_kendall_tau": results["gap_kendall_tau"],
-            "coverage": results["coverage"],
-            "pairs": results["pairs"],
-            **({"logit_invariance": results["logit_invariance"]} if "logit_invariance" in results else {}),
-            **{k: results[k] for k in ("kendall_tau_ci95", "intervals") if k in results},  # the evaluation table
-        }
-    )
+    evaluation: dict[str, Any] = {
+        "kendall_tau": results["kendall_tau"],
+        "gap_kendall_tau": results["gap_kendall_tau"],
+        "coverage": results["coverage"],
+        "pairs": results["pairs"],
+        **({"logit_invariance": results["logit_invariance"]} if "logit_invariance" in results else {}),
+        **{k: results[k] for k in ("kendall_tau_ci95", "intervals") if k in results},  # the evaluation table
+    }
+    card.setdefault("metrics", {}).update(evaluation)
     path.write_text(json.dumps(card, indent=2) + "\n")

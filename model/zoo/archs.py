@@ -228,4 +228,4 @@ def build_arch(name: str, **kw: object) -> nn.Module:
         cls = ARCHS[name.lower()]
     except KeyError:
         raise ValueError(f"unknown architecture {name!r}; choose from {sorted(ARCHS)}") from None
-    return cls(**kw)  # type: ignore[arg-type]
+    return cls(**kw)
