@@ -230,34 +230,27 @@ def huge_int_shape(n: int, digits: int = 4299) -> bytes:
     return struct.pack("<Q", len(raw)) + raw + f32(1.0)
 
 
-NEEDS_LIMITS = "needs model-side Limits (M1, issue 12): "
 ROWS = {
-    "nan_in_65_dims": (lambda: st_file({"w": {"dtype": "F32", "shape": [1] * 65, "data_offsets": [0, 4]}}, f32(np.nan)), None),
+    "nan_in_65_dims": lambda: st_file({"w": {"dtype": "F32", "shape": [1] * 65, "data_offsets": [0, 4]}}, f32(np.nan)),
     "overflowing_sum_in_65_dims": (
-        lambda: st_file({"w": {"dtype": "F32", "shape": [2] + [1] * 64, "data_offsets": [0, 8]}}, f32(3e38, 3e38)), None),
-    "huge_ints_in_shape": (lambda: huge_int_shape(150), NEEDS_LIMITS + "integer size in shapes"),
+        lambda: st_file({"w": {"dtype": "F32", "shape": [2] + [1] * 64, "data_offsets": [0, 8]}}, f32(3e38, 3e38))),
+    "huge_ints_in_shape": lambda: huge_int_shape(150),
     "shape_of_30000_ones": (
-        lambda: st_file({"w": {"dtype": "F32", "shape": [1] * 30_000, "data_offsets": [0, 4]}}, f32(1.0)),
-        NEEDS_LIMITS + "max_ndim (8)"),
-    "40000_tiny_tensors": (  # the issue's 100,000 cost ~20 s to xfail before the bound; 40,000 shows the same
+        lambda: st_file({"w": {"dtype": "F32", "shape": [1] * 30_000, "data_offsets": [0, 4]}}, f32(1.0))),
+    "40000_tiny_tensors": (  # over SNE_MAX_TENSORS (the issue's row had 100,000)
         lambda: st_file({f"l{i}.weight": {"dtype": "F32", "shape": [1], "data_offsets": [4 * i, 4 * i + 4]}
-                         for i in range(40_000)}, np.ones(40_000, dtype="<f4").tobytes()),
-        NEEDS_LIMITS + "max_tensors"),
+                         for i in range(40_000)}, np.ones(40_000, dtype="<f4").tobytes())),
     "200000_metadata_keys": (
         lambda: st_file({"__metadata__": {f"k{i}": "v" for i in range(200_000)},
-                         "w": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}}, f32(1.0, 2.0)),
-        NEEDS_LIMITS + "max_metadata_entries"),
+                         "w": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}}, f32(1.0, 2.0))),
 }
 ROW_SECONDS = 2.0
 
 
-@pytest.mark.parametrize("row", [
-    pytest.param(name, marks=[pytest.mark.xfail(reason=why, strict=False)] if why else [], id=name)
-    for name, (_, why) in ROWS.items()
-])
+@pytest.mark.parametrize("row", list(ROWS))
 def test_issue_rows_are_refused_quickly(row: str, predictor: Predictor) -> None:
     """Each pathological upload of the issue is a 4xx (never a 5xx) within ROW_SECONDS on the parse path."""
-    blob = ROWS[row][0]()
+    blob = ROWS[row]()
     t0 = time.perf_counter()
     with pytest.raises(CheckpointError) as info:
         parse_upload(blob, hashlib.sha256(blob).hexdigest(), predictor, LIMITS)
