@@ -9,7 +9,9 @@ Also: the part encoder's cost curve (chunks in one part -> seconds), and budgete
 mid-size models (cosine of the embeddings, |delta predicted accuracy|).
 
 Run: `OMP_NUM_THREADS=2 .venv/bin/python -m benchmarks.real_checkpoints [--dir /tmp/ckpts] [--only resnet18]`
-(`--device cuda` adds GPU timings where one exists). Timings are of this machine; compare ratios in one run.
+(`--device cuda` adds GPU timings where one exists). Threads follow OMP_NUM_THREADS for both tools. Timings are
+of this machine; compare ratios in one run. On an oversubscribed machine use OMP_NUM_THREADS=1: idle OpenMP
+threads spin, so the CPU seconds of a 2-thread run there overstate the work.
 """
 from __future__ import annotations
 
@@ -308,7 +310,7 @@ def main() -> None:
             continue
         cos = float(torch.nn.functional.cosine_similarity(torch.tensor(b["embedding"]), torch.tensor(f["embedding"]), 0))
         print(f"| {name} | {b['chunks_seen']:,} / {f['chunks_seen']:,} | {b['cpu_s']:.1f} / {f['cpu_s']:.1f} | "
-              f"{cos:.4f} | {abs(b['accuracy'] - f['accuracy']):.4f} |", flush=True)
+              f"{cos:.6f} | {abs(b['accuracy'] - f['accuracy']):.2e} |", flush=True)
 
 
 if __name__ == "__main__":
