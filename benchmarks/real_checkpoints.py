@@ -33,7 +33,8 @@ DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}
 
 
 def _ln(p: str, d: int, bias: bool = True) -> Spec:
-    return [(f"{p}.weight", (d,))] + ([(f"{p}.bias", (d,))] if bias else [])
+    s: Spec = [(f"{p}.weight", (d,))]
+    return s + [(f"{p}.bias", (d,))] if bias else s
 
 
 def _lin(p: str, o: int, i: int, bias: bool = True) -> Spec:
@@ -292,9 +293,9 @@ def main() -> None:
         row = (f"| {name} | {enc['params'] / 1e6:.1f} M | {enc['chunks_seen']:,} / {enc['chunks_total']:,} | "
                f"{enc['encode_s']:.1f} ({enc['cpu_s']:.1f}) | {enc['rss_mb']:.0f} |" if enc else f"| {name} | n/a | n/a | n/a | n/a |")
         ww_cell = f"{ww['ww_s']:.1f} ({ww['cpu_s']:.1f})" if ww else f"n/a (over {a.ww_timeout:.0f} s or failed)"
-        row += f" {ww_cell} | {fmt(ww and ww['rss_mb'], '.0f')} | {fmt(ratio)} |"
+        row += f" {ww_cell} | {fmt(ww['rss_mb'] if ww else None, '.0f')} | {fmt(ratio)} |"
         if "cuda" in devices:
-            row += f" {fmt(gpu and gpu['encode_s'], '.2f')} |"
+            row += f" {fmt(gpu['encode_s'] if gpu else None, '.2f')} |"
         print(row, flush=True)
     if a.no_gap:
         return
