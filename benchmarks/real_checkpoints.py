@@ -9,7 +9,9 @@ Also: the part encoder's cost curve (chunks in one part -> seconds), and budgete
 mid-size models (cosine of the embeddings, |delta predicted accuracy|).
 
 Run: `OMP_NUM_THREADS=2 .venv/bin/python -m benchmarks.real_checkpoints [--dir /tmp/ckpts] [--only resnet18]`
-(`--device cuda` adds GPU timings where one exists). Timings are of this machine; compare ratios in one run.
+(`--device cuda` adds GPU timings where one exists). Threads follow OMP_NUM_THREADS for both tools. Timings are
+of this machine; compare ratios in one run. On an oversubscribed machine use OMP_NUM_THREADS=1: idle OpenMP
+threads spin, so the CPU seconds of a 2-thread run there overstate the work.
 """
 from __future__ import annotations
 
@@ -31,7 +33,8 @@ DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}
 
 
 def _ln(p: str, d: int, bias: bool = True) -> Spec:
-    return [(f"{p}.weight", (d,))] + ([(f"{p}.bias", (d,))] if bias else [])
+    s: Spec = [(f"{p}.weight", (d,))]
+    return s + [(f"{p}.bias", (d,))] if bias else s
 
 
 def _lin(p: str, o: int, i: int, bias: bool = True) -> Spec:
@@ -290,9 +293,9 @@ def main() -> None:
         row = (f"| {name} | {enc['params'] / 1e6:.1f} M | {enc['chunks_seen']:,} / {enc['chunks_total']:,} | "
                f"{enc['encode_s']:.1f} ({enc['cpu_s']:.1f}) | {enc['rss_mb']:.0f} |" if enc else f"| {name} | n/a | n/a | n/a | n/a |")
         ww_cell = f"{ww['ww_s']:.1f} ({ww['cpu_s']:.1f})" if ww else f"n/a (over {a.ww_timeout:.0f} s or failed)"
-        row += f" {ww_cell} | {fmt(ww and ww['rss_mb'], '.0f')} | {fmt(ratio)} |"
+        row += f" {ww_cell} | {fmt(ww['rss_mb'] if ww else None, '.0f')} | {fmt(ratio)} |"
         if "cuda" in devices:
-            row += f" {fmt(gpu and gpu['encode_s'], '.2f')} |"
+            row += f" {fmt(gpu['encode_s'] if gpu else None, '.2f')} |"
         print(row, flush=True)
     if a.no_gap:
         return
@@ -308,7 +311,7 @@ def main() -> None:
             continue
         cos = float(torch.nn.functional.cosine_similarity(torch.tensor(b["embedding"]), torch.tensor(f["embedding"]), 0))
         print(f"| {name} | {b['chunks_seen']:,} / {f['chunks_seen']:,} | {b['cpu_s']:.1f} / {f['cpu_s']:.1f} | "
-              f"{cos:.4f} | {abs(b['accuracy'] - f['accuracy']):.4f} |", flush=True)
+              f"{cos:.6f} | {abs(b['accuracy'] - f['accuracy']):.2e} |", flush=True)
 
 
 if __name__ == "__main__":
