@@ -186,7 +186,7 @@ async def test_redis_cache_unit_backoff():
 def long_named(seed: int, layers: int = 200) -> Encoding:
     """A record whose layer table has long names: ~100x the bytes of `sample_result`'s."""
     base = sample_result(seed)
-    rows = [LayerRow(f"model.{'very_long_module_name.' * 8}{i}.weight", "linear", i, [4, 4], 16, 1) for i in range(layers)]
+    rows = [LayerRow(f"model.{'very_long_module_name.' * 8}{i}.weight", "linear", i, [4, 4], 16, 1, 1) for i in range(layers)]
     prediction = Prediction(**{**base.prediction.__dict__, "layer_embeddings": np.zeros((layers, 32), np.float32)})
     return Encoding(sha256=base.sha256, prediction=prediction, layers=rows)
 
