@@ -8,7 +8,7 @@ scale (so building needs little RAM), then for each, every measurement in its ow
 Also: the part encoder's cost curve (chunks in one part -> seconds), and budgeted vs full encoding on
 mid-size models (cosine of the embeddings, |delta predicted accuracy|).
 
-Run: `OMP_NUM_THREADS=2 .venv/bin/python -m benchmarks.real_checkpoints [--dir /tmp/ckpts] [--only resnet18]`
+Run: `OMP_NUM_THREADS=2 .venv/bin/python -m benchmarks.real_checkpoints [--dir benchmarks/out/ckpts] [--only resnet18]`
 (`--device cuda` adds GPU timings where one exists). Threads follow OMP_NUM_THREADS for both tools. Timings are
 of this machine; compare ratios in one run. On an oversubscribed machine use OMP_NUM_THREADS=1: idle OpenMP
 threads spin, so the CPU seconds of a 2-thread run there overstate the work.
@@ -263,7 +263,7 @@ def fmt(x: float | None, spec: str = ".1f") -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--dir", type=Path, default=Path("/work/bench-ckpts"))
+    ap.add_argument("--dir", type=Path, default=Path("benchmarks/out/ckpts"))
     ap.add_argument("--only", nargs="*", default=LARGE)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--ww-timeout", type=float, default=300.0)
