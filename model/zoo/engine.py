@@ -13,6 +13,7 @@ per-model gradients:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import torch
@@ -164,3 +165,17 @@ def per_model_grads(
         raise ValueError(f"unknown engine {engine!r}; use 'grouped' or 'vmap'")
     finally:
         model.train(was_training)
+
+
+def minibatch_order(
+    subsets: list[torch.Tensor], gens: list[torch.Generator], active: list[int], steps: int, batch_size: int
+) -> torch.Tensor:
+    """`[M, steps, B]` training indices of one epoch: per active model, fresh permutations of its own subset,
+    cycled to fill the epoch (each model sees its own data order)."""
+    order = torch.empty(len(active), steps * batch_size, dtype=torch.long)
+    for j, pos in enumerate(active):
+        sub = subsets[pos]
+        reps = math.ceil(steps * batch_size / sub.numel())
+        perms = [sub[torch.randperm(sub.numel(), generator=gens[pos])] for _ in range(reps)]
+        order[j] = torch.cat(perms)[: steps * batch_size]
+    return order.view(len(active), steps, batch_size)  # M x steps x B

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from model.zoo.datasets import Dataset, load_dataset
-from model.zoo.engine import init_weight_
+from model.zoo.engine import init_weight_, minibatch_order
 from model.zoo.families import FAMILIES, FORWARDS, VARIANTS, Variant, build_variant
 from model.zoo.generate import ZooSummary
 from model.zoo.index import (
@@ -113,12 +113,7 @@ class FamilyGroup:
 
     def train_epoch(self) -> None:
         bs, steps = self.batch_size, self.steps
-        order = torch.empty(len(self.active), steps * bs, dtype=torch.long)
-        for j, pos in enumerate(self.active):
-            sub = self.subsets[pos]
-            reps = math.ceil(steps * bs / sub.numel())
-            order[j] = torch.cat([sub[torch.randperm(sub.numel(), generator=self.gens[pos])] for _ in range(reps)])[: steps * bs]
-        order = order.view(len(self.active), steps, bs)  # M x steps x B
+        order = minibatch_order(self.subsets, self.gens, self.active, steps, bs)  # M x steps x B
         drop = self.rates if bool((self.rates > 0).any()) else None
         for s in range(steps):
             idx = order[:, s]  # M x B

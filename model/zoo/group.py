@@ -18,7 +18,7 @@ import torch
 
 from model.zoo.archs import build_arch
 from model.zoo.datasets import Dataset
-from model.zoo.engine import grouped_grad, init_state, make_vmap_grad
+from model.zoo.engine import grouped_grad, init_state, make_vmap_grad, minibatch_order
 from model.zoo.evaluate import evaluate_models
 from model.zoo.index import save_checkpoint
 from model.zoo.optim import OptState, opt_step
@@ -75,12 +75,7 @@ class GroupTrainer:
     def train_epoch(self) -> None:
         """One epoch: per-model minibatch order over its own subset (fresh permutations, cycled)."""
         bs, steps = self.batch_size, self.steps
-        order = torch.empty(len(self.active), steps * bs, dtype=torch.long)
-        for j, pos in enumerate(self.active):
-            sub = self.subsets[pos]
-            reps = math.ceil(steps * bs / sub.numel())
-            order[j] = torch.cat([sub[torch.randperm(sub.numel(), generator=self.gens[pos])] for _ in range(reps)])[: steps * bs]
-        order = order.view(len(self.active), steps, bs)  # M x steps x B
+        order = minibatch_order(self.subsets, self.gens, self.active, steps, bs)  # M x steps x B
         for s in range(steps):
             idx = order[:, s]  # M x B
             x, y = self.ds.x_train[idx], self.ds.y_train[idx]  # M x B x C x H x W, M x B
