@@ -9,7 +9,8 @@ Also: the part encoder's cost curve (chunks in one part -> seconds), and budgete
 mid-size models (cosine of the embeddings, |delta predicted accuracy|).
 
 Run: `OMP_NUM_THREADS=2 .venv/bin/python -m benchmarks.real_checkpoints [--dir benchmarks/out/ckpts] [--only resnet18]`
-(`--device cuda` adds GPU timings where one exists). Threads follow OMP_NUM_THREADS for both tools. Timings are
+(`--device cuda` adds GPU timings where one exists; `--service` instead POSTs each file, streamed, to a live
+`sne serve` and prints status, seconds, chunks and the server's peak RSS: benchmarks/real_service.py). Threads follow OMP_NUM_THREADS for both tools. Timings are
 of this machine; compare ratios in one run. On an oversubscribed machine use OMP_NUM_THREADS=1: idle OpenMP
 threads spin, so the CPU seconds of a 2-thread run there overstate the work.
 """
@@ -271,6 +272,7 @@ def main() -> None:
     ap.add_argument("--no-gap", action="store_true", help="skip budgeted vs full encoding")
     ap.add_argument("--curve", nargs="*", type=int, default=[4096, 32768, 65536, 131072, 262144])
     ap.add_argument("--predictor", default="default", help="default (shipped), untrained, or a directory")
+    ap.add_argument("--service", action="store_true", help="POST each checkpoint to a live `sne serve` instead")
     ap.add_argument("--child", nargs="*", help=argparse.SUPPRESS)
     a = ap.parse_args()
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "2")))
@@ -278,6 +280,11 @@ def main() -> None:
         what, path = a.child[0], Path(a.child[1])
         res = child_weightwatcher(path) if what == "ww" else child_encode(path, a.child[2], a.child[3], a.child[4])
         print(json.dumps(res))
+        return
+    if a.service:
+        from benchmarks.real_service import run_service
+
+        run_service({name: ensure(a.dir, name) for name in a.only})
         return
     if a.curve:
         cost_curve(a.curve)
