@@ -27,7 +27,6 @@ import struct
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -36,15 +35,11 @@ import numpy as np
 import torch
 from safetensors.torch import save
 
+from benchmarks.serving import free_port, server
 from tests.nets import arch1, state
 
 REPO = Path(__file__).resolve().parents[1]
 _seed = iter(range(20_000, 10**9))
-SERVE = (
-    "import sys, uvicorn; from app.server_config import uvicorn_options; from app.settings import Settings; "
-    "uvicorn.run('app.main:app', **{**uvicorn_options(Settings(), '127.0.0.1', int(sys.argv[1])), "
-    "'log_config': None, 'log_level': 'warning'})"
-)
 
 
 def new_checkpoint() -> bytes:
@@ -70,44 +65,6 @@ def tiny_tensors(n: int = 100_000) -> bytes:
     """`n` one-value layers (7.8 MB, mostly header)."""
     header = {f"l{i}.weight": {"dtype": "F32", "shape": [1], "data_offsets": [4 * i, 4 * i + 4]} for i in range(n)}
     return raw_safetensors(header, np.ones(n, dtype="<f4").tobytes())
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@contextlib.contextmanager
-def server(env: dict[str, str]) -> Iterator[str]:
-    """The service in a subprocess with these `SNE_*` settings (others cleared); yields its URL when ready."""
-    port = free_port()
-    full = {k: v for k, v in os.environ.items() if not k.startswith("SNE_")}
-    full.update(env, PYTHONPATH=str(REPO), OMP_NUM_THREADS=full.get("OMP_NUM_THREADS", "1"))
-    proc = subprocess.Popen([sys.executable, "-c", SERVE, str(port)], cwd=REPO, env=full,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 180
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"server exited: {proc.stderr.read()[-2000:]}")
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(url + "/readyz", timeout=2).status_code == 200:
-                    break
-            if time.monotonic() > deadline:
-                raise RuntimeError("server not ready after 180 s")
-            time.sleep(0.2)
-        yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 class RedisServer:
@@ -283,7 +240,7 @@ def main(argv: list[str] | None = None) -> None:
     if not args.skip_load:
         print("\n### Load (every request a new checkpoint, in-process cache)\n")
         print(header, flush=True)
-        with server(base) as url:
+        with server(base) as (url, _):
             asyncio.run(load(url, 4, 8))  # warm
             for clients in (int(c) for c in args.clients.split(",")):
                 run = asyncio.run(load(url, clients, max(args.requests, 2 * clients)))
@@ -297,7 +254,7 @@ def main(argv: list[str] | None = None) -> None:
             redis.start()
             try:
                 env = {**base, "SNE_REDIS_URL": redis.url}
-                with server(env) as url:
+                with server(env) as (url, _):
                     asyncio.run(load(url, 4, 8))
                     n = args.fault_requests
                     run = asyncio.run(load(url, 8, n, redis_fault(redis, args.pause) if faulty else None))
@@ -314,7 +271,7 @@ def main(argv: list[str] | None = None) -> None:
         bigs = {names[k]: (every[k]() if every[k] else None) for k in args.bigs.split(",")}
         modes = {"on": ("mechanism on", env_arg(args.fair_env)), "off": ("mechanism off", env_arg(args.unfair_env))}
         for label, extra in (modes[m] for m in args.modes.split(",")):
-            with server({**base, **extra}) as url:
+            with server({**base, **extra}) as (url, _):
                 asyncio.run(small_while_big(url, None, 5))  # warm
                 for name, big in bigs.items():
                     lat, took, status, failed = asyncio.run(small_while_big(url, big, args.small))

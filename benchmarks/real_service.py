@@ -9,8 +9,6 @@ The server's peak RSS is its VmHWM, read after each request (a running peak: che
 from __future__ import annotations
 
 import os
-import socket
-import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -18,14 +16,10 @@ from pathlib import Path
 
 import httpx
 
+from benchmarks.serving import server
+
 REPO = Path(__file__).resolve().parents[1]
 BLOCK = 1 << 20
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _vm_kb(pid: int, field: str) -> int | None:
@@ -45,37 +39,12 @@ def _blocks(path: Path) -> Iterator[bytes]:
             yield block
 
 
-def _start(max_upload: int, timeout_s: float) -> tuple[subprocess.Popen[bytes], str]:
-    port = _free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SNE_")}
-    env.update(
-        PYTHONPATH=str(REPO), SNE_MAX_UPLOAD_BYTES=str(max_upload),
-        SNE_TORCH_THREADS=os.environ.get("OMP_NUM_THREADS", "2"),
-        SNE_PARSE_TIMEOUT_SECONDS=str(timeout_s), SNE_ENCODE_TIMEOUT_SECONDS=str(timeout_s),
-        SNE_BODY_TIMEOUT_SECONDS=str(timeout_s),
-    )
-    proc = subprocess.Popen([sys.executable, "-m", "app.cli", "serve", "--port", str(port)], cwd=REPO, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 180
-    while True:
-        if proc.poll() is not None:
-            raise RuntimeError(f"`sne serve` exited with {proc.returncode} before it was ready")
-        try:
-            if httpx.get(url + "/readyz", timeout=2).status_code == 200:
-                return proc, url
-        except httpx.HTTPError:
-            pass
-        if time.monotonic() > deadline:
-            proc.kill()
-            raise RuntimeError("`sne serve` not ready after 180 s")
-        time.sleep(0.5)
-
-
 def run_service(paths: dict[str, Path], timeout_s: float = 300.0) -> None:
     """POST each checkpoint once to one server and print a markdown table of what came back."""
     max_upload = max(4 << 30, max(p.stat().st_size for p in paths.values()) + (1 << 20))
-    proc, url = _start(max_upload, timeout_s)
+    limit = str(timeout_s)
+    env = {"SNE_MAX_UPLOAD_BYTES": str(max_upload), "SNE_TORCH_THREADS": os.environ.get("OMP_NUM_THREADS", "2"),
+           "SNE_PARSE_TIMEOUT_SECONDS": limit, "SNE_ENCODE_TIMEOUT_SECONDS": limit, "SNE_BODY_TIMEOUT_SECONDS": limit}
     print(f"## Real checkpoints through the service (`sne serve`, SNE_MAX_UPLOAD_BYTES={max_upload}, "
           f"SNE_TORCH_THREADS={os.environ.get('OMP_NUM_THREADS', '2')}, parse/encode/body timeouts {timeout_s:.0f} s)")
     print("Each file streamed from disk as `application/octet-stream`; seconds are the whole request, upload included;")
@@ -84,37 +53,29 @@ def run_service(paths: dict[str, Path], timeout_s: float = 300.0) -> None:
           "| server peak RSS MB |")
     print("|---|---|---|---|---|---|---|---|---|")
     failures = 0
-    try:
-        with httpx.Client(base_url=url, timeout=httpx.Timeout(3 * timeout_s, connect=10)) as client:
-            for name, path in paths.items():
-                size = path.stat().st_size
-                t = time.perf_counter()
-                r = client.post("/v1/encode", content=_blocks(path), headers={
-                    "Content-Type": "application/octet-stream", "Content-Length": str(size)})
-                secs = time.perf_counter() - t
-                hwm = _vm_kb(proc.pid, "VmHWM")
-                rss = f"{hwm / 1024:.0f}" if hwm is not None else "n/a"
-                if r.status_code == 200:
-                    body = r.json()
-                    layers = body["layers"]
-                    sampled = sum(x["chunks_sampled"] for x in layers)
-                    total = sum(x["chunks"] for x in layers)
-                    print(f"| {name} | {size / 1e6:.1f} | 200 | {secs:.1f} | {len(layers)} | {sampled:,} / {total:,} | "
-                          f"{body['predicted_accuracy']:.4f} | {body['ood']['flag']} | {rss} |", flush=True)
-                else:
-                    failures += 1
-                    print(f"| {name} | {size / 1e6:.1f} | {r.status_code} | {secs:.1f} | n/a | n/a | n/a | n/a | {rss} |",
-                          flush=True)
-                    print(f"  {name}: {r.text[:500]}", file=sys.stderr)
-    finally:
-        hwm = _vm_kb(proc.pid, "VmHWM")
+    with server(env) as (url, proc), httpx.Client(base_url=url, timeout=httpx.Timeout(3 * timeout_s, connect=10)) as client:
+        for name, path in paths.items():
+            size = path.stat().st_size
+            t = time.perf_counter()
+            r = client.post("/v1/encode", content=_blocks(path), headers={
+                "Content-Type": "application/octet-stream", "Content-Length": str(size)})
+            secs = time.perf_counter() - t
+            hwm = _vm_kb(proc.pid, "VmHWM")
+            rss = f"{hwm / 1024:.0f}" if hwm is not None else "n/a"
+            if r.status_code == 200:
+                body = r.json()
+                layers = body["layers"]
+                sampled = sum(x["chunks_sampled"] for x in layers)
+                total = sum(x["chunks"] for x in layers)
+                print(f"| {name} | {size / 1e6:.1f} | 200 | {secs:.1f} | {len(layers)} | {sampled:,} / {total:,} | "
+                      f"{body['predicted_accuracy']:.4f} | {body['ood']['flag']} | {rss} |", flush=True)
+            else:
+                failures += 1
+                print(f"| {name} | {size / 1e6:.1f} | {r.status_code} | {secs:.1f} | n/a | n/a | n/a | n/a | {rss} |",
+                      flush=True)
+                print(f"  {name}: {r.text[:500]}", file=sys.stderr)
+        hwm = _vm_kb(proc.pid, "VmHWM")  # read before the server stops
         rss_now = _vm_kb(proc.pid, "VmRSS")
-        proc.terminate()
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
     print(f"\nServer after the run: peak RSS (VmHWM) {fmt_mb(hwm)} MB, RSS kept {fmt_mb(rss_now)} MB; "
           f"{len(paths) - failures} of {len(paths)} answered 200.")
 

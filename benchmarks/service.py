@@ -15,22 +15,19 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import os
 import shlex
-import socket
 import statistics
-import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import torch
 from safetensors.torch import save
 
+from benchmarks.serving import server
 from tests.nets import arch1, state
 
 REPO = Path(__file__).resolve().parents[1]
@@ -41,45 +38,6 @@ def new_checkpoint() -> bytes:
     """An Arch1 checkpoint never uploaded before in this run (fresh seed)."""
     torch.manual_seed(next(_seed))
     return save(state(arch1()))
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@contextlib.contextmanager
-def server(env: dict[str, str], label: str) -> Iterator[str]:
-    """`uvicorn app.main:app` in a subprocess with these `SNE_*` settings; yields its URL once ready."""
-    port = free_port()
-    full_env = {k: v for k, v in os.environ.items() if not k.startswith("SNE_")}
-    full_env.update(env, PYTHONPATH=str(REPO))
-    cmd = [sys.executable, "-m", "uvicorn", "app.main:app", "--host", "127.0.0.1", "--port", str(port),
-           "--log-level", "warning"]
-    proc = subprocess.Popen(cmd, cwd=REPO, env=full_env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"server {label} exited: {proc.stderr.read()}")
-            try:
-                if httpx.get(url + "/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"server {label} not ready after 120 s")
-            time.sleep(0.2)
-        yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 def metric(text: str, name: str) -> float:
@@ -173,8 +131,8 @@ def main(argv: list[str] | None = None) -> None:
           f"CUDA {'yes: ' + torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'no'}")
 
     rows = []
-    with server({**common, "SNE_MAX_BATCH_SIZE": str(args.max_batch_size)}, "batched") as on, \
-            server({**common, "SNE_MAX_BATCH_SIZE": "1"}, "unbatched") as off:
+    with server({**common, "SNE_MAX_BATCH_SIZE": str(args.max_batch_size)}) as (on, _), \
+            server({**common, "SNE_MAX_BATCH_SIZE": "1"}) as (off, _):
         with httpx.Client() as c:
             card = c.get(on + "/v1/predictor").json()
         print(f"predictor: {card['name']} {card['version']} (trained={card.get('trained')}, "
@@ -193,7 +151,7 @@ def main(argv: list[str] | None = None) -> None:
     red = None
     if args.redis_url and redis_answers(args.redis_url):
         prefix = f"sne-bench-{uuid.uuid4().hex[:8]}:"
-        with server({**common, "SNE_REDIS_URL": args.redis_url, "SNE_CACHE_PREFIX": prefix}, "redis") as url:
+        with server({**common, "SNE_REDIS_URL": args.redis_url, "SNE_CACHE_PREFIX": prefix}) as (url, _):
             red = cache_latency(url, args.cold, args.hits)
         import redis
 
