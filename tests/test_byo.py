@@ -1,13 +1,17 @@
 """README's "Bring your own checkpoints" walk-through (examples/byo.sh) run as written, at a small size.
 
 An MLP sweep of mixed widths and a CNN sweep with BatchNorm are labelled in a CSV, trained with LIR on, and
-evaluated against the baselines; then the guards a user meets on the way are checked on the result.
+evaluated against the baselines, served from one process and gated with each predictor by name (remote and
+--local); then the guards a user meets on the way are checked on the result.
 """
 from __future__ import annotations
 
 import json
 import math
 import os
+import re
+import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -24,15 +28,31 @@ def _run(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
     return subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300, check=False)
 
 
+def _run_walkthrough(env: dict[str, str], timeout: float = 400) -> subprocess.CompletedProcess:
+    """examples/byo.sh in its own process group, so a timeout also ends the server it started in the background."""
+    proc = subprocess.Popen(["bash", "examples/byo.sh"], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, err = proc.communicate()
+        pytest.fail(f"examples/byo.sh ran over {timeout} s:\n{out[-3000:]}{err[-3000:]}")
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+
 @pytest.fixture(scope="module")
 def walkthrough(tmp_path_factory) -> tuple[Path, dict[str, str], subprocess.CompletedProcess]:
     out = tmp_path_factory.mktemp("byo")
     env = {
         **os.environ, "OUT": str(out), "RUNS": "20", "EPOCHS": "2", "CONFIG": "tiny", "THREADS": "1",
         "SNE": f"{sys.executable} -m app.cli", "PY": sys.executable, "PYTHONPATH": str(ROOT),
-        "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "COLUMNS": "200",
+        "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "COLUMNS": "200", "SNE_WARMUP": "false",
     }
-    return out, env, _run(["bash", "examples/byo.sh"], env)
+    for var in ("SNE_URL", "SNE_API_KEY", "SNE_API_KEYS", "SNE_PREDICTOR_PATH", "SNE_PREDICTORS_DIR", "SNE_REDIS_URL"):
+        env.pop(var, None)  # the walk-through as a fresh user runs it, whatever this shell has set
+    env.pop("PORT", None)  # the script picks a free port itself
+    return out, env, _run_walkthrough(env)
 
 
 def test_walkthrough_runs_and_both_families_train_with_lir(walkthrough):
@@ -55,6 +75,34 @@ def test_walkthrough_runs_and_both_families_train_with_lir(walkthrough):
             assert tau["in_distribution"]["statnn"] is None and tau["in_distribution"]["mlp"] is None
         assert (out / "eval" / f"{fam}-digits" / "results.md").exists()
     assert "pooled GBM val τ" in res.stdout
+
+
+def test_both_predictors_serve_from_one_process_and_the_gate_picks_one_by_name(walkthrough):
+    out, _, res = walkthrough
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    served = re.search(r"^serving at http://127\.0\.0\.1:(\d+): (.*)$", res.stdout, re.M)
+    assert served, res.stdout[-3000:]
+    assert {"mlp-digits", "cnn-digits"} <= set(served.group(2).split())  # GET /v1/predictors of the one service
+    ckpt = out / "mlp" / "mlp-r001-e6.safetensors"
+    for mode, name in (("remote", "mlp-digits"), ("remote", "cnn-digits"), ("local", "mlp-digits")):
+        report = json.loads((out / "gate" / f"{mode}-{name}.json").read_text())
+        assert report["mode"] == mode and report["exit_code"] == 0 and report["passed"], report
+        (result,) = report["results"]
+        assert result["status"] == "pass" and Path(result["file"]) == ckpt
+        assert result["predictor"]["name"] == name and result["predictor"]["trained"] is True
+        assert 0.0 <= result["predicted_accuracy"] <= 1.0
+        if mode == "remote":
+            assert report["url"] == f"http://127.0.0.1:{served.group(1)}"
+    # --local loads the same predictor the service serves: same version, same answer for the same file
+    remote, local = (json.loads((out / "gate" / f"{m}-mlp-digits.json").read_text())["results"][0] for m in ("remote", "local"))
+    assert remote["predictor"]["version"] == local["predictor"]["version"] and remote["sha256"] == local["sha256"]
+    assert abs(remote["predicted_accuracy"] - local["predicted_accuracy"]) < 1e-3
+    # and the two names are two models: the CNN predictor calls this MLP checkpoint out of distribution
+    cnn = json.loads((out / "gate" / "remote-cnn-digits.json").read_text())["results"][0]
+    assert cnn["ood"]["flag"] is True and cnn["predictor"]["version"] != remote["predictor"]["version"]
+    # the trap stopped the server when the script ended
+    with pytest.raises(OSError), socket.create_connection(("127.0.0.1", int(served.group(1))), timeout=2):
+        pass
 
 
 def test_changed_settings_are_refused_then_kept_with_resume(walkthrough):
