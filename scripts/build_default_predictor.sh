@@ -27,7 +27,7 @@ $SNE zoo --out zoos/arch2-shapes --arch arch2 --dataset shapes --runs "$RUNS_ARC
 # Each family zoo takes ~1-6 min on one core at these sizes (measured: mlp 200 runs 54 s, resnet 150 runs 343 s
 # on a loaded machine); resumable like the others. CHUNKS_CONFIG= (empty) skips the chunks-only SNE.
 RUNS_MLP=${RUNS_MLP:-200}
-RUNS_RESNET=${RUNS_RESNET:-120}
+RUNS_RESNET=${RUNS_RESNET:-150}
 RUNS_TRANSFORMER=${RUNS_TRANSFORMER:-150}
 CHUNKS_CONFIG=${CHUNKS_CONFIG-small-chunks}
 N_BOOT=${N_BOOT:-1000}
