@@ -12,6 +12,7 @@ from app.encoding import Encoding, StageTimes
 from app.parsing import ParsedCheckpoint, parse_upload
 from app.schemas import EncodeResponse, encode_response
 from app.settings import Settings
+from model.errors import CheckpointError
 from model.packing import pack
 from model.predictor import Predictor
 
@@ -62,7 +63,10 @@ def parse_file(source: Path | bytes, predictor: Predictor, settings: Settings | 
     A large file shows a progress bar on the terminal while its tensors are read.
     """
     settings = settings or Settings()
-    sha = hashlib.sha256(source).hexdigest() if isinstance(source, bytes) else file_sha256(source)
+    try:
+        sha = hashlib.sha256(source).hexdigest() if isinstance(source, bytes) else file_sha256(source)
+    except OSError as e:
+        raise CheckpointError("unreadable", f"cannot read checkpoint: {e.strerror or e}") from None
     bar = _Bar(f"reading {source}" if isinstance(source, Path) else "reading checkpoint")
     try:
         return parse_upload(source, sha, predictor, settings.limits(), bar)
