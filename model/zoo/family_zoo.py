@@ -23,6 +23,7 @@ from model.zoo.datasets import Dataset, load_dataset
 from model.zoo.engine import init_weight_, minibatch_order
 from model.zoo.families import FAMILIES, FORWARDS, VARIANTS, Variant, build_variant
 from model.zoo.generate import ZooSummary
+from model.zoo.group import StackedGroup
 from model.zoo.index import (
     ZOO_FORMAT_VERSION,
     append_index,
@@ -32,7 +33,7 @@ from model.zoo.index import (
     load_index,
     save_checkpoint,
 )
-from model.zoo.optim import OptState, opt_step
+from model.zoo.optim import opt_step
 from model.zoo.sequences import VOCAB, load_sequences
 from model.zoo.space import (
     DEFAULT_SPACE,
@@ -42,7 +43,6 @@ from model.zoo.space import (
     checkpoint_id,
     run_rng,
     sample_hparams,
-    split_for_run,
 )
 
 FAMILY_SAVE_EPOCHS: tuple[int, ...] = (0, 1, 2, 4, 8)
@@ -64,40 +64,25 @@ def sample_variant(family: str, run_id: int, seed: int, activation: str) -> Vari
     return Variant(v.family, v.depth, v.width, v.heads, activation)
 
 
-class FamilyGroup:
+class FamilyGroup(StackedGroup):
     """Models of one variant, activation and batch size, stacked (``M x ...``) and trained together."""
 
+    stacks = ("params", "bufs")  # BatchNorm running statistics retire with their model
+
     def __init__(self, out_dir: Path, v: Variant, ds: Dataset, seed: int, run_ids: list[int], hps: list[HParams]) -> None:
-        self.out_dir, self.v, self.ds, self.seed, self.run_ids, self.hps = out_dir, v, ds, seed, run_ids, hps
+        self.out_dir, self.v, self.ds = out_dir, v, ds
         self.batch_size = hps[0].batch_size
         self.forward = FORWARDS[v.family]
         tokens = not ds.x_train.is_floating_point()
         size = int(ds.x_train.shape[-1])
         self.module = build_variant(v, 1 if tokens else ds.in_channels, size, ds.n_classes, VOCAB)
-        n_train = ds.x_train.shape[0]
-        states, self.subsets, self.gens = [], [], []
-        for rid, hp in zip(run_ids, hps):
-            g_init = torch.Generator().manual_seed(int(run_rng(seed, rid, 1).integers(2**62)))
-            states.append(self._init(hp, g_init))
-            g_data = torch.Generator().manual_seed(int(run_rng(seed, rid, 2).integers(2**62)))
-            n_sub = min(max(self.batch_size, round(hp.train_fraction * n_train)), n_train)
-            self.subsets.append(torch.randperm(n_train, generator=g_data)[:n_sub])
-            self.gens.append(g_data)
-        torch.manual_seed(int(run_rng(seed, run_ids[0], 3).integers(2**62)))  # dropout masks
+        states = self._stack_runs(seed, run_ids, hps, ds.x_train.shape[0], self._init)
         self.pkeys = [k for k, _ in self.module.named_parameters()]
         self.bkeys = [k for k, b in self.module.named_buffers() if b.is_floating_point()]
         self.params = {k: torch.stack([s[k] for s in states]).contiguous() for k in self.pkeys}  # M x ...
         self.bufs = {k: torch.stack([s[k] for s in states]).contiguous() for k in self.bkeys}  # M x ...
-        self.masks = torch.zeros(len(run_ids), n_train, dtype=torch.bool)  # M x N_train
-        for i, sub in enumerate(self.subsets):
-            self.masks[i, sub] = True
-        self.opt = OptState.create(self.params, [h.lr for h in hps], [h.l2 for h in hps], [h.optimizer for h in hps])
-        self.rates = torch.tensor([h.dropout for h in hps], dtype=torch.float32)  # M
-        self.active = list(range(len(run_ids)))
-        self.steps = math.ceil(n_train / self.batch_size)
+        self._make_optimiser()
         self.steps_done = 0
-        self.rows: list[dict[str, Any]] = []
-        self.n_diverged = 0
 
     def _init(self, hp: HParams, gen: torch.Generator) -> dict[str, Tensor]:
         """``hp.init`` for matrices (conv, linear, token embedding), small normal positions, zero biases."""
@@ -153,40 +138,18 @@ class FamilyGroup:
         for j, pos in enumerate(self.active):
             if not bool(finite[j]):
                 continue
-            rid, hp = self.run_ids[pos], self.hps[pos]
+            rid = self.run_ids[pos]
             cid = checkpoint_id(self.v.name, self.ds.name, self.seed, rid, epoch)
             state = {k: t[j] for k, t in {**self.params, **self.bufs}.items()}
             for k, b in self.module.named_buffers():
                 if not b.is_floating_point():  # BatchNorm's num_batches_tracked
                     state[k] = torch.tensor(self.steps_done, dtype=torch.int64)
             save_checkpoint(self.out_dir / "checkpoints" / f"{cid}.safetensors", state, self.v.name, self.ds.name, epoch, rid)
-            tr, te = float(metrics["train_acc"][j]), float(metrics["test_acc"][j])
-            self.rows.append({
-                "id": cid, "run_id": rid, "arch": self.v.name, "dataset": self.ds.name, "epoch": epoch,
-                "path": f"checkpoints/{cid}.safetensors", "train_acc": tr, "test_acc": te, "gap": tr - te,
-                "train_loss": float(metrics["train_loss"][j]), "test_loss": float(metrics["test_loss"][j]),
-                "split": split_for_run(rid, self.seed), **hp.as_row(),
-            })
-        keep = [j for j, pos in enumerate(self.active) if bool(finite[j]) and self.hps[pos].epochs > epoch]
-        self.n_diverged += int((~finite).sum())
-        if len(keep) < len(self.active):
-            idx = torch.tensor(keep, dtype=torch.long)
-            self.params = {k: t[idx].contiguous() for k, t in self.params.items()}
-            self.bufs = {k: t[idx].contiguous() for k, t in self.bufs.items()}
-            self.opt = self.opt.select(idx)
-            self.rates = self.rates[idx]
-            self.active = [self.active[j] for j in keep]
+            self.rows.append(self.index_row(cid, self.v.name, j, pos, epoch, metrics))
+        self.retire(finite, epoch)
 
     def run(self, save_epochs: tuple[int, ...]) -> None:
-        max_epochs = max(h.epochs for h in self.hps)
-        if 0 in save_epochs:
-            self.save(0)
-        for epoch in range(1, max_epochs + 1):
-            if not self.active:
-                break
-            self.train_epoch()
-            if epoch in save_epochs or epoch == max_epochs:
-                self.save(epoch)
+        self.run_epochs(save_epochs)
 
 
 def family_config(family: str, ds: Dataset, seed: int, save_epochs: tuple[int, ...], space: HParamSpace) -> dict[str, Any]:
