@@ -33,19 +33,10 @@ from pathlib import Path
 import httpx
 import numpy as np
 import torch
-from safetensors.torch import save
 
-from benchmarks.serving import free_port, server
-from tests.nets import arch1, state
+from benchmarks.serving import checkpoint_source, free_port, server
 
-REPO = Path(__file__).resolve().parents[1]
-_seed = iter(range(20_000, 10**9))
-
-
-def new_checkpoint() -> bytes:
-    """An Arch1 CNN (4,970 parameters) never uploaded before in this run."""
-    torch.manual_seed(next(_seed))
-    return save(state(arch1()))
+new_checkpoint = checkpoint_source(20_000)  # a checkpoint never sent before, on each call
 
 
 def raw_safetensors(header: dict, data: bytes) -> bytes:

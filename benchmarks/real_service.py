@@ -18,7 +18,6 @@ import httpx
 
 from benchmarks.serving import server
 
-REPO = Path(__file__).resolve().parents[1]
 BLOCK = 1 << 20
 
 

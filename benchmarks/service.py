@@ -25,19 +25,10 @@ from pathlib import Path
 
 import httpx
 import torch
-from safetensors.torch import save
 
-from benchmarks.serving import server
-from tests.nets import arch1, state
+from benchmarks.serving import checkpoint_source, server
 
-REPO = Path(__file__).resolve().parents[1]
-_seed = iter(range(10_000, 10**9))
-
-
-def new_checkpoint() -> bytes:
-    """An Arch1 checkpoint never uploaded before in this run (fresh seed)."""
-    torch.manual_seed(next(_seed))
-    return save(state(arch1()))
+new_checkpoint = checkpoint_source(10_000)  # a checkpoint never sent before, on each call
 
 
 def metric(text: str, name: str) -> float:

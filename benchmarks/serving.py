@@ -1,4 +1,5 @@
-"""The service in a subprocess, for the benchmarks that drive it over real HTTP (load, service, real_service).
+"""The service in a subprocess, and fresh checkpoints to send it, for the benchmarks that drive it over real
+HTTP (load, service, real_service).
 
 One helper so every benchmark starts the server the way `sne serve` does (`app.server_config`), with only the
 `SNE_*` settings it names (the caller's environment's others are cleared), and stops it even on failure.
@@ -12,12 +13,28 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
+import torch
+from safetensors.torch import save
+
+from tests.nets import arch1, state
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+def checkpoint_source(first_seed: int) -> Callable[[], bytes]:
+    """A function returning, on each call, an Arch1 CNN checkpoint (4,970 parameters) never returned before
+    (seeds count up from `first_seed`): every request of a load run is a cold encode."""
+    seeds = iter(range(first_seed, 10**9))
+
+    def new_checkpoint() -> bytes:
+        torch.manual_seed(next(seeds))
+        return save(state(arch1()))
+
+    return new_checkpoint
 
 
 def free_port() -> int:
