@@ -21,7 +21,7 @@ import torch
 from model.admission import Admission, Limits, admit
 from model.checkpoint import Checkpoint, CheckpointFile, Header, TensorRef, check_finite
 from model.errors import CheckpointError
-from model.layers import KIND_IDS, LayerKind, Skipped, part_chunks, part_rows
+from model.layers import KIND_IDS, LayerKind, Skipped, part_rows
 from model.stats import stats_and_scale
 
 ROLES = ("weight", "bias")
@@ -227,16 +227,6 @@ def chunk_layer(layer, c: int) -> ChunkedLayer:
     return ChunkedLayer(layer.name, layer.kind, layer.level, parts)
 
 
-def expected_chunks(layer, c: int) -> int:
-    """Chunks `chunk_layer` makes of `layer`, from shapes alone."""
-    return sum(part_chunks(layer.kind, role, tuple(t.shape), c) for role, t in layer.parts)
-
-
 def chunk_checkpoint(ckpt: Checkpoint, c: int) -> list[ChunkedLayer]:
     """All layers of an in-memory checkpoint, pad-chunked with chunk size `c` (no budget)."""
     return [chunk_layer(layer, c) for layer in ckpt.layers]
-
-
-def count_chunks(layers: list[ChunkedLayer]) -> int:
-    return sum(ch.values.shape[0] for layer in layers for _, ch in layer.parts)
-

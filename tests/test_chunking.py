@@ -15,11 +15,10 @@ from model.chunking import (
     chunk_layer,
     chunk_state,
     chunk_tensor,
-    count_chunks,
-    expected_chunks,
     sample_indices,
 )
 from model.errors import CheckpointError
+from model.layers import part_chunks
 from model.packing import pack
 from model.stats import N_STATS
 from tests.nets import checkpoint_bytes
@@ -60,6 +59,10 @@ def test_conv_kernel_split_when_larger_than_chunk():
     assert torch.allclose(ch.padded()[ch.mask] * w.std(correction=0), w.flatten(), atol=1e-5)
 
 
+def count_chunks(layers) -> int:
+    return sum(ch.values.shape[0] for layer in layers for _, ch in layer.parts)
+
+
 def test_arch1_chunk_counts_and_bias_separate():
     layers = chunk_checkpoint(load_checkpoint(checkpoint_bytes("arch1")), 16)
     # kernels 16 + 256 + 256, biases 1 each, linear 160 values -> 10 chunks, bias 1
@@ -84,15 +87,16 @@ def test_pack_segments_are_contiguous():
     assert torch.all(batch.values[~batch.mask] == 0)
 
 
-def test_expected_chunks_matches_chunking():
-    """The shape-only count (used to refuse huge layers before chunking) equals what chunking makes."""
+def test_shape_only_chunk_count_matches_chunking():
+    """The shape-only count (`model.layers.part_chunks`, what admission budgets with) equals what chunking makes."""
     from tests.nets import BUILDERS
 
     for name in BUILDERS:
         ckpt = load_checkpoint(checkpoint_bytes(name))
         for c in (4, 9, 16, 32):  # 3x3 kernels: split (c=4), exact (9), padded (16, 32)
             for layer in ckpt.layers:
-                assert expected_chunks(layer, c) == count_chunks([chunk_layer(layer, c)]), (name, layer.name, c)
+                expected = sum(part_chunks(layer.kind, role, tuple(t.shape), c) for role, t in layer.parts)
+                assert expected == count_chunks([chunk_layer(layer, c)]), (name, layer.name, c)
 
 
 # ------------------------------------------------------------------------------------- streaming, budgets
