@@ -44,6 +44,8 @@ STAT_NAMES: tuple[str, ...] = (
     "log_fan_in",
     "log_fan_out",
     "log_numel",
+    "kernel_corr_w",
+    "kernel_corr_h",
 )
 N_STATS = len(STAT_NAMES)
 
@@ -120,8 +122,9 @@ def stats_and_scale(
         shift, scale = 0.0, 1.0
     a = _as_matrix(t)
     matrix = t.ndim >= 2 and min(a.shape) > 1
-    gen = torch.Generator().manual_seed(0)
-    v = torch.randn(a.shape[1], generator=gen, dtype=torch.float64).to(wd)  # [k] power-iteration vector
+    # power iteration from the all-ones vector: the same start for any order of the units, so every statistic is
+    # invariant to permuting hidden units (what LIR trains for)
+    v = torch.ones(a.shape[1], dtype=wd)  # [k]
     sums = [0.0] * 5  # z, z^2, z^3, z^4, |x / scale| with z = (x - shift) / scale
     lo, hi = math.inf, -math.inf
     rayleigh = 0.0
@@ -149,7 +152,35 @@ def stats_and_scale(
         rayleigh = wv2  # ||A v||^2 with ||v|| = 1, in units of scale^2
         v = acc
     s1, s2, s3, s4, sabs = sums
-    return _assemble(t, n, shift, scale, (s1, s2, s3, s4, sabs, lo, hi), sample, rayleigh if matrix else 0.0)
+    stats, divisor = _assemble(t, n, shift, scale, (s1, s2, s3, s4, sabs, lo, hi), sample, rayleigh if matrix else 0.0)
+    return torch.cat([stats, kernel_correlations(t, block)]), divisor
+
+
+def kernel_correlations(t: torch.Tensor, block: int = BLOCK_ELEMS) -> torch.Tensor:
+    """`[2]` lag-1 autocorrelation of a conv weight inside its kernels, along the last (w) and second-to-last
+    (h) spatial axis, each kernel's mean removed; 0 where the axis does not exist (linear weights, vectors).
+
+    Trained filters are smooth and initial ones are not, so this tracks training beyond any moment of the
+    values (measured on arch1-digits: the pooled-statistics GBM gained 0.017 tau from these per layer)."""
+    out = [0.0, 0.0]
+    if t.ndim < 3 or t[0, 0].numel() < 2:
+        return torch.zeros(2)
+    wd = _work_dtype(t)
+    acc = [[0.0, 0.0, 0.0], [0.0, 0.0, 0.0]]  # per axis: sum x_i x_{i+1}, sum x_i^2, sum x_{i+1}^2
+    rows = max(1, block // max(1, t[0].numel()))
+    for r0 in range(0, t.shape[0], rows):
+        k = t[r0 : r0 + rows].reshape(-1, *t.shape[2:]).to(wd, copy=True)  # [r * in, *kernel]
+        k -= k.reshape(k.shape[0], -1).mean(1).reshape(-1, *([1] * (k.ndim - 1)))
+        for i, axis in enumerate((-1, -2)):
+            if k.ndim + axis < 1 or k.shape[axis] < 2:
+                continue
+            a, b = k.narrow(axis, 0, k.shape[axis] - 1), k.narrow(axis, 1, k.shape[axis] - 1)
+            acc[i][0] += float((a * b).sum())
+            acc[i][1] += float((a * a).sum())
+            acc[i][2] += float((b * b).sum())
+    for i, (ab, aa, bb) in enumerate(acc):
+        out[i] = _div(ab, math.sqrt(aa * bb))
+    return torch.tensor([_finite(x) for x in out], dtype=torch.float32)
 
 
 def _assemble(

@@ -168,6 +168,33 @@ def test_small_config_embeddings_tell_same_architecture_apart():
         layers.append(chunk_checkpoint(checkpoint_from_tensors(s), CONFIGS["small"].chunk_size))
     torch.manual_seed(0)
     m = SNE(CONFIGS["small"]).eval()
+    m.fit_stats(torch.stack([ch.stats for ls in layers for layer in ls for _, ch in layer.parts]))  # as training does
     emb = m(pack(layers)).embedding
     spread = (emb.std(0).mean() / emb.std(1).mean()).item()
     assert spread > 0.02, f"embeddings nearly identical across checkpoints (spread ratio {spread:.2e})"
+
+
+@torch.no_grad()
+def test_ensemble_averages_member_logits_and_concatenates_embeddings(chunked, tmp_path):
+    from model.predictor import Predictor
+    from model.sne import SNEEnsemble, build_encoder
+
+    cfg = CFG.model_copy(update={"members": 2})
+    torch.manual_seed(0)
+    ens = build_encoder(cfg).eval()
+    assert isinstance(ens, SNEEnsemble) and isinstance(build_encoder(CFG), SNE)
+    b = pack(list(chunked.values()))
+    out = ens(b)
+    first, second = (m(b) for m in ens.sne_members())
+    assert float((first.logit - second.logit).abs().max()) > 1e-3  # members differ: the mean is not a no-op
+    assert torch.allclose(out.logit, (first.logit + second.logit) / 2, atol=1e-6)
+    assert out.embedding.shape == (b.n_checkpoints, 2 * cfg.encoding)
+    assert torch.equal(out.embedding[:, cfg.encoding :], second.embedding)
+    assert out.layer_embeddings.shape[-1] == 2 * cfg.hidden
+    # an ensemble predictor saves and loads as one model (its card config says how many members)
+    pred = Predictor.untrained("tiny")
+    pred = Predictor(ens, pred.card.updated(config=cfg))
+    pred.save(tmp_path)
+    again = Predictor.load(tmp_path)
+    assert isinstance(again.model, SNEEnsemble)
+    assert torch.equal(again.model(b).logit, out.logit)

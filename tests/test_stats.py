@@ -104,3 +104,28 @@ def test_constant_part_is_marked_constant():
     s = _named(torch.full((8, 8), 0.25))
     assert s["log_std"] < -20 and s["log_rms"] == pytest.approx(math.log(0.25), abs=1e-5)
     assert s["min_z"] == s["max_z"] == s["mean_over_std"] == 0.0
+
+
+def test_kernel_correlations_tell_smooth_filters_from_noise():
+    from model.stats import kernel_correlations
+
+    torch.manual_seed(0)
+    noise = torch.randn(32, 8, 5, 5)
+    ramp = torch.linspace(-1, 1, 5)
+    smooth = torch.randn(32, 8, 1, 1) * ramp.view(1, 1, 1, 5) + torch.randn(32, 8, 1, 1) * ramp.view(1, 1, 5, 1)
+    smooth = smooth + 0.05 * torch.randn(32, 8, 5, 5)
+    n, s = kernel_correlations(noise), kernel_correlations(smooth)
+    assert float(n.abs().max()) < 0.35 and float(s.min()) > 0.5  # lag-1 autocorrelation along w and h
+    assert torch.allclose(kernel_correlations(smooth, block=50), s, atol=1e-5)  # block by block, same answer
+    assert torch.equal(kernel_correlations(torch.randn(8, 16)), torch.zeros(2))  # linear: no kernel
+    assert torch.equal(kernel_correlations(torch.randn(8, 16, 1, 1)), torch.zeros(2))  # 1x1 conv: no neighbours
+    assert float(kernel_correlations(torch.randn(8, 4, 7))[1]) == 0.0  # conv1d: only the w axis
+
+
+def test_statistics_do_not_depend_on_the_order_of_units():
+    """Permuting hidden units (rows and columns) leaves every statistic unchanged: the power iteration starts
+    from the all-ones vector, so LIR's permutations are invisible to the statistics path."""
+    torch.manual_seed(0)
+    t = torch.randn(24, 40) * 0.1 + 0.3 * torch.outer(torch.randn(24), torch.randn(40)) / 10
+    p = t[torch.randperm(24)][:, torch.randperm(40)]
+    assert torch.allclose(part_stats(t), part_stats(p), atol=1e-5)
