@@ -21,6 +21,7 @@ class SNEConfig(BaseModel):
     head_hidden: int = Field(1000, ge=1, description="width of the predictor MLP (Table 8: 1000)")
     use_chunks: bool = Field(True, description="encode the weights chunk by chunk (the SNE part vector)")
     use_stats: bool = Field(True, description="add a learned projection of each part's exact statistics")
+    members: int = Field(1, ge=1, description="SNEs trained from different seeds whose logits are averaged")
     slice_tokens: int = Field(
         32768, ge=64, description="set elements per attention call: bounds memory and keeps CPU work in cache"
     )

@@ -24,7 +24,7 @@ from model.checkpoint import Checkpoint
 from model.chunking import ChunkedLayer, chunk_checkpoint
 from model.config import SNEConfig, get_config
 from model.packing import PackedBatch, pack
-from model.sne import SNE
+from model.sne import Encoder, build_encoder
 
 DEFAULT_PREDICTOR_DIR = Path(__file__).parent / "predictors" / "default"
 DEFAULT_LEVEL = "0.90"
@@ -87,6 +87,17 @@ class OODInfo(_CardPart):
     n_reference: int | None = None
 
 
+class Budgets(_CardPart):
+    """The chunk budgets answers are encoded under: above them chunks are sampled (stratified, seeded by the
+    file's sha256). A trained card records the defaults; the service shows the `SNE_*` settings in force."""
+
+    layer_chunk_budget: int | None = Field(default=None, description="Chunks encoded per layer (SNE_LAYER_CHUNK_BUDGET).")
+    checkpoint_chunk_budget: int | None = Field(
+        default=None, description="Chunks encoded per checkpoint (SNE_CHECKPOINT_CHUNK_BUDGET)."
+    )
+    train_chunks_per_part: int | None = Field(default=None, description="Chunks per part sampled in a training step.")
+
+
 class PredictorCard(_CardPart):
     """`card.json`, validated once when the predictor is built: what it is, how it was trained and evaluated,
     its calibration and OOD threshold."""
@@ -103,6 +114,7 @@ class PredictorCard(_CardPart):
     metrics: Metrics = Field(default_factory=Metrics)
     conformal: Conformal = Field(default_factory=Conformal)
     ood: OODInfo = Field(default_factory=OODInfo)
+    budgets: Budgets = Field(default_factory=Budgets)
 
     @model_validator(mode="before")
     @classmethod
@@ -155,7 +167,7 @@ class Predictor:
     """SNE weights plus what the service needs to answer honestly about them."""
 
     def __init__(
-        self, model: SNE, card: PredictorCard | dict, reference: torch.Tensor | None = None,
+        self, model: Encoder, card: PredictorCard | dict, reference: torch.Tensor | None = None,
         residuals: torch.Tensor | None = None,
     ) -> None:
         self.model = model.eval()
@@ -192,7 +204,7 @@ class Predictor:
             path = DEFAULT_PREDICTOR_DIR
         path = Path(path)
         card = PredictorCard.model_validate(json.loads((path / "card.json").read_text()))  # json: NaN allowed
-        model = SNE(card.config)
+        model = build_encoder(card.config)
         model.load_state_dict(load_file(path / "model.safetensors"))
         ref_path = path / "reference.safetensors"
         ref = load_file(ref_path) if ref_path.exists() else {}
@@ -203,7 +215,7 @@ class Predictor:
     def untrained(cls, config: str = "small", seed: int = 0) -> Predictor:
         """Randomly initialised weights, labelled as such: predictions carry no information."""
         torch.manual_seed(seed)
-        model = SNE(get_config(config))
+        model = build_encoder(get_config(config))
         card = {
             "name": f"sne-{config}-untrained",
             "version": f"untrained-{weights_digest(model)}",

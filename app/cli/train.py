@@ -30,6 +30,9 @@ def train_command(
     config: Annotated[str, typer.Option(
         callback=config_name, help="Encoder size: tiny, small (2 CPU cores) or paper (Table 7; GPU).",
     )] = "small",
+    members: Annotated[int, typer.Option(
+        min=1, help="Train this many SNEs from seeds seed..seed+members-1 and average them (an ensemble).",
+    )] = 1,
     epochs: Annotated[int, typer.Option(min=1)] = 12,
     batch_size: Annotated[int, typer.Option(min=1, help="Checkpoints per step.")] = 16,
     lr: Annotated[float, typer.Option(min=0.0, help="Peak AdamW learning rate (linear warm-up, cosine decay).")] = 2e-3,
@@ -71,7 +74,7 @@ def train_command(
     from model.training import TrainOptions, train
 
     torch.set_num_threads(threads)
-    opts = TrainOptions(config=config, epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
+    opts = TrainOptions(config=config, members=members, epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
                         warmup=warmup, rank_weight=rank_weight, patience=patience, train_chunks=train_chunks,
                         lir_weight=lir_weight,
                         lir_fraction=lir_fraction, clip_grad=clip_grad, max_train=max_train, max_eval=max_eval, seed=seed,

@@ -21,7 +21,7 @@ from model.chunking import ChunkedLayer, Chunks, chunk_checkpoint
 from model.errors import CheckpointError
 from model.labels import Label, LabelError, read_labels
 from model.packing import pack
-from model.sne import SNE
+from model.sne import Encoder
 from model.training.permutations import PermutationPlan, plan_permutations
 
 OnBad = Literal["skip", "fail"]
@@ -125,7 +125,7 @@ class ExamplePredictions(TypedDict):
 
 
 @torch.no_grad()
-def predict_examples(model: SNE, examples: Sequence[Example], batch_size: int = 64) -> ExamplePredictions:
+def predict_examples(model: Encoder, examples: Sequence[Example], batch_size: int = 64) -> ExamplePredictions:
     """Predicted accuracy, gap and embeddings for examples, in order."""
     model.eval()
     acc, gap, emb = [], [], []

@@ -58,11 +58,11 @@ def check_calibration(n_val: int, sources: Sequence[Path]) -> None:
 
 def check_resume(resume_dir: Path, options: Any, mode: ResumeMode) -> Any:
     """The options to train with: ``options``, or the stored ones (``keep``); refuses changed settings (``check``)."""
-    state = resume_dir / "state.json"
     if mode == "restart":
         shutil.rmtree(resume_dir, ignore_errors=True)
         return options
-    if not state.exists():
+    state = next((p for p in (resume_dir / "state.json", resume_dir / "member-0" / "state.json") if p.exists()), None)
+    if state is None:  # one SNE keeps its state in resume/, an ensemble in resume/member-K/
         return options
     stored = json.loads(state.read_text()).get("options")
     now = asdict(options)

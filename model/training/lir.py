@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from model.checkpoint import checkpoint_from_tensors
 from model.chunking import ChunkedLayer, chunk_checkpoint
 from model.packing import pack
-from model.sne import SNE
+from model.sne import Encoder
 from model.training.examples import Example, sample_chunks
 from model.training.permutations import PermutationPlan, permute_state
 
@@ -41,7 +41,7 @@ def permuted_layers(e: Example, gen: torch.Generator, chunk_size: int) -> list[C
 
 
 def lir_penalty(
-    model: SNE, batch: Sequence[Example], logits: torch.Tensor, gen: torch.Generator, chunks: int = 0
+    model: Encoder, batch: Sequence[Example], logits: torch.Tensor, gen: torch.Generator, chunks: int = 0
 ) -> torch.Tensor:
     """Mean squared change of the logit when each network's hidden units are randomly permuted (0 when none of
     the batch can be permuted).
@@ -57,7 +57,7 @@ def lir_penalty(
 
 
 @torch.no_grad()
-def invariance_error(model: SNE, examples: Sequence[Example], seed: int = 0, batch_size: int = 64) -> float:
+def invariance_error(model: Encoder, examples: Sequence[Example], seed: int = 0, batch_size: int = 64) -> float:
     """Mean |logit(permuted) - logit(original)| over the permutable examples: 0 for a perfectly invariant
     encoder, NaN when none can be permuted."""
     model.eval()

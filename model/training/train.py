@@ -16,7 +16,7 @@ import json
 import math
 import random
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, replace
 from datetime import date
 from pathlib import Path
@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from rich.progress import Progress
 from safetensors.torch import load_file, save_file
 
+from model.admission import Limits
 from model.config import get_config
 from model.evaluation.metrics import (
     conformal_quantiles,
@@ -35,7 +36,7 @@ from model.evaluation.metrics import (
 )
 from model.packing import pack
 from model.predictor import OOD_K, Predictor, knn_score, weights_digest
-from model.sne import SNE
+from model.sne import SNE, Encoder, build_encoder
 from model.training.examples import Example, OnBad, load_split, predict_examples, sample_chunks
 from model.training.guards import (
     ResumeMode,
@@ -56,6 +57,7 @@ class TrainOptions:
     """What `sne train` takes; stored in the card so a predictor says how it was trained."""
 
     config: str = "small"
+    members: int = 1  # SNEs trained from seeds seed..seed+members-1, averaged (model.sne.SNEEnsemble)
     epochs: int = 12
     batch_size: int = 16
     lr: float = 2e-3  # peak learning rate, after warm-up
@@ -96,20 +98,24 @@ def lr_factor(step: int, total: int, warmup: float) -> float:
     return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - w) / max(1, total - w))))
 
 
-def save_curves(history: list[dict], path: Path) -> None:
-    """Training curves (loss; val τ; val prediction spread) as a PNG beside the run."""
+def save_curves(histories: list[list[dict]], path: Path) -> None:
+    """Training curves (loss; val τ; val prediction spread), one line per ensemble member, as a PNG."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    ep = [h["epoch"] for h in history]
     fig, ax = plt.subplots(1, 3, figsize=(12, 3.2))
     titles = ("train loss", "val Kendall τ", "val prediction std")
-    for a, key, title in zip(ax, ("loss", "val_kendall_tau", "val_pred_std"), titles, strict=True):
-        a.plot(ep, [h.get(key, float("nan")) for h in history], marker="o")
+    for k, history in enumerate(histories):
+        ep = [h["epoch"] for h in history]
+        for a, key in zip(ax, ("loss", "val_kendall_tau", "val_pred_std"), strict=True):
+            a.plot(ep, [h.get(key, float("nan")) for h in history], marker="o", label=f"member {k}")
+    for a, title in zip(ax, titles, strict=True):
         a.set_title(title)
         a.set_xlabel("epoch")
+    if len(histories) > 1:
+        ax[1].legend(fontsize=7)
     ax[2].axhline(COLLAPSE_STD, color="red", lw=0.8, ls="--")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -125,13 +131,14 @@ def train(
 ) -> Predictor:
     """Train SNE on the sources' train split, select on val Kendall τ, calibrate on val, save a predictor.
 
-    Raises ``LabelError``/``TrainError`` (one line each) for bad labels, unreadable checkpoints, too few
-    validation checkpoints, or a resumed run with other settings (``resume``: check, keep, restart)."""
+    With `members > 1` in the config, each member is trained in turn from seed `opts.seed + k` with its own
+    early stopping, and the predictor averages them. Raises ``LabelError``/``TrainError`` (one line each) for
+    bad labels, unreadable checkpoints, too few validation checkpoints, or a resumed run with other settings
+    (``resume``: check, keep, restart)."""
     t0 = time.time()
     zoo_dirs = [Path(z).resolve() for z in sources]
     opts = requested = check_resume(out_dir / "resume", opts, resume)
-    cfg = get_config(opts.config)
-    torch.manual_seed(opts.seed)
+    cfg = get_config(opts.config).model_copy(update={"members": opts.members})
     random.seed(opts.seed)
     tr = load_split(zoo_dirs, "train", cfg.chunk_size, opts.max_train, opts.seed, opts.on_bad_checkpoint, progress)
     va = load_split(zoo_dirs, "val", cfg.chunk_size, opts.max_eval, opts.seed, opts.on_bad_checkpoint, progress)
@@ -141,14 +148,35 @@ def train(
     check_calibration(len(val_set), zoo_dirs)
     if any(e.gap is None for e in train_set + val_set):
         opts = replace(opts, gap_weight=0.0)  # the labels give no gap for some checkpoints: no gap head trained
-    model = SNE(cfg)
-    model.fit_stats(torch.stack([ch.stats for e in train_set for layer in e.layers for _, ch in layer.parts]))
+    stats = torch.stack([ch.stats for e in train_set for layer in e.layers for _, ch in layer.parts])
+    model = build_encoder(cfg)
+    members = [model] if isinstance(model, SNE) else model.sne_members()
+    runs: list[dict] = []
+    for k, member in enumerate(members):
+        member_dir = out_dir / "resume" / (f"member-{k}" if len(members) > 1 else "")
+        meta = {"options": asdict(requested), "unreadable": tr.bad + va.bad}  # saved with every epoch's state
+        runs.append(fit_member(
+            member, stats, train_set, val_set, replace(opts, seed=opts.seed + k), member_dir, meta, progress,
+            lambda done: save_curves([*(r["history"] for r in runs), done], out_dir / "training_curves.png"),
+        ))
+    model.cpu()
+    predictor = finalize(model, train_set, val_set, zoo_dirs, opts, runs, time.time() - t0)
+    predictor.save(out_dir)
+    return predictor
+
+
+def fit_member(
+    model: SNE, stats: torch.Tensor, train_set: list[Example], val_set: list[Example], opts: TrainOptions,
+    resume_dir: Path, meta: dict, progress: bool, on_epoch: Callable[[list[dict]], None],
+) -> dict:
+    """Train one SNE in place (AdamW, warm-up + cosine, clipping, BCE + ranking, LIR, gap head), keep its
+    best epoch on val τ, checkpoint every epoch to `resume_dir`; returns its history and best epoch."""
+    torch.manual_seed(opts.seed)
+    model.fit_stats(stats)
     model.to(opts.device)
     opt = torch.optim.AdamW(model.parameters(), lr=opts.lr, weight_decay=opts.weight_decay)
-    resume_dir = out_dir / "resume"
     info = load_resume(resume_dir, model, opt) or {"epoch": 0, "best_tau": -2.0, "history": []}
-    info["options"] = asdict(requested)
-    info["unreadable"] = tr.bad + va.bad
+    info.update(meta)
     best = load_file(resume_dir / "best.safetensors") if (resume_dir / "best.safetensors").exists() else None
     gen = torch.Generator().manual_seed(opts.seed)
     y = torch.tensor([e.acc for e in train_set])
@@ -200,20 +228,19 @@ def train(
             save_resume(resume_dir, model, opt, info)
             collapsed = "  COLLAPSED to a constant" if spread < COLLAPSE_STD else ""
             bar.console.print(
-                f"epoch {epoch + 1}: loss {np.mean(losses):.4f}  val τ {tau:.4f}  val pred std {spread:.4f}{collapsed}"
+                f"seed {opts.seed} epoch {epoch + 1}: loss {np.mean(losses):.4f}  val τ {tau:.4f}  "
+                f"val pred std {spread:.4f}{collapsed}"
             )
-            save_curves(info["history"], out_dir / "training_curves.png")
+            on_epoch(info["history"])
     if best is None:
         raise ValueError(f"no epoch was trained (epochs={opts.epochs}): nothing to select a model from")
     model.load_state_dict(best)
-    predictor = finalize(model.cpu(), train_set, val_set, zoo_dirs, opts, info, time.time() - t0)
-    predictor.save(out_dir)
-    return predictor
+    return info
 
 
 def finalize(
-    model: SNE, train_set: list[Example], val_set: list[Example], zoo_dirs: Sequence[Path], opts: TrainOptions,
-    info: dict, seconds: float,
+    model: Encoder, train_set: list[Example], val_set: list[Example], zoo_dirs: Sequence[Path], opts: TrainOptions,
+    runs: list[dict], seconds: float,
 ) -> Predictor:
     """Calibrate (split conformal on val), build the OOD reference and write the card."""
     val = predict_examples(model, val_set)
@@ -241,13 +268,14 @@ def finalize(
         "zoo": {"dirs": [str(Path(z).resolve()) for z in zoo_dirs], "archs": archs, "datasets": datasets,
                 "families": sorted({family_of(a) for a in archs}), **_zoo_meta(zoo_dirs)},
         "splits": {"by": "run", "train": len(train_set), "val": len(val_set)},
-        "unreadable_checkpoints": info.get("unreadable", []),
+        "unreadable_checkpoints": runs[0].get("unreadable", []),
         "lir": {"weight": opts.lir_weight, **lir_coverage(train_set)},
         "quality": quality,
         "warnings": quality["warnings"],
         "training": {
-            **asdict(opts), "seconds": round(seconds, 1), "best_epoch": info.get("best_epoch"),
-            "val_kendall_tau": info.get("best_tau"), "history": info.get("history", []),
+            **asdict(opts), "seconds": round(seconds, 1), "val_kendall_tau": kendall_tau(val["acc"], true_acc),
+            "best_epoch": [r.get("best_epoch") for r in runs], "member_val_kendall_tau": [r.get("best_tau") for r in runs],
+            "history": [r.get("history", []) for r in runs],
         },
         "metrics": {"val": {
             "kendall_tau": kendall_tau(val["acc"], true_acc), "pooled_kendall_tau": quality["kendall_tau"]["pooled"],
@@ -263,6 +291,8 @@ def finalize(
                 val["emb"].numpy(), val["acc"] - true_acc, calibratable(len(val_set)),
             ),
         },
+        "budgets": {"layer_chunk_budget": Limits().layer_chunk_budget,
+                    "checkpoint_chunk_budget": Limits().checkpoint_chunk_budget, "train_chunks_per_part": opts.train_chunks},
         "ood": {"method": f"mean distance to the {OOD_K} nearest training embeddings", "k": OOD_K, "quantile": 0.99,
                 "n_reference": int(reference.shape[0]), **ood},
     }
