@@ -95,3 +95,18 @@ async def test_a_nan_metric_is_served_as_null(tmp_path):
 def test_a_card_without_name_is_refused():
     with pytest.raises(ValueError):
         PredictorCard.model_validate({"version": "x", "config": {}})
+
+
+@pytest.mark.anyio
+async def test_card_shows_the_chunk_budgets_in_force(tmp_path):
+    """The card a trainer wrote records the default budgets; the service shows the SNE_* settings it encodes
+    under, so a client reading /v1/predictor knows when its answers were sampled."""
+    pred = Predictor.untrained("tiny")
+    pred.card = pred.card.updated(budgets={"layer_chunk_budget": 4096, "checkpoint_chunk_budget": 65536,
+                                           "train_chunks_per_part": 64})
+    pred.save(tmp_path)
+    async with running_app(settings_for(tmp_path, layer_chunk_budget=123, checkpoint_chunk_budget=4567)) as client:
+        r = await client.get("/v1/predictor")
+    assert r.status_code == 200
+    assert r.json()["budgets"] == {"layer_chunk_budget": 123, "checkpoint_chunk_budget": 4567, "train_chunks_per_part": 64}
+    assert PredictorCard.model_validate(json.loads((tmp_path / "card.json").read_text())).budgets.layer_chunk_budget == 4096

@@ -7,6 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Query
 
 from app.auth import require_api_key
+from app.deps import SettingsDep
 from app.schemas import (
     BAD_QUERY,
     UNAUTHORIZED,
@@ -27,7 +28,12 @@ router = APIRouter(prefix="/v1", tags=["predictor"], dependencies=[Depends(requi
 )
 async def predictor_card(
     registry: RegistryDep,
+    settings: SettingsDep,
     name: Annotated[str | None, Query(description="Predictor name or alias (`GET /v1/predictors`).")] = None,
     x_sne_predictor: PredictorHeader = None,
 ) -> PredictorCard:
-    return registry.resolve(chosen_name(name, x_sne_predictor)).predictor.card
+    card = registry.resolve(chosen_name(name, x_sne_predictor)).predictor.card
+    budgets = card.budgets.model_copy(update={  # what answers are encoded under now: the settings in force
+        "layer_chunk_budget": settings.layer_chunk_budget, "checkpoint_chunk_budget": settings.checkpoint_chunk_budget,
+    })
+    return card.model_copy(update={"budgets": budgets})
