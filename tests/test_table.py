@@ -54,7 +54,7 @@ def test_table_shape_kinds_and_card_keys(tiny_run: tuple[dict, Path, Path]) -> N
     assert kinds == ["in_distribution", "cross_arch"]
     ind, cross = results["kendall_tau"]["in_distribution"], results["kendall_tau"]["cross_arch"]
     assert all(ind[m] is not None for m in ("sne", "statset", "pooled", "statnn", "mlp"))
-    assert ind["sne_chunks"] is None  # no chunks-only predictor given
+    assert ind["sne_chunks"] is None and ind["sne_stats"] is None  # no one-path predictor given
     assert cross["statnn"] is None and cross["mlp"] is None  # fixed-architecture baselines: n/a, not a crash
     assert cross["pooled"] is not None and cross["statset"] is not None
     assert results["kendall_tau"]["cross_dataset"]["sne"] is None  # no such pair

@@ -29,6 +29,9 @@ def eval_command(
     chunks_only: Annotated[Path | None, typer.Option(
         callback=existing_dir, help="The chunks-only SNE of the first predictor's setup, for the ablation column.",
     )] = None,
+    stats_only: Annotated[Path | None, typer.Option(
+        callback=existing_dir, help="The statistics-only SNE of the first predictor's setup, for the ablation column.",
+    )] = None,
     n_boot: Annotated[int, typer.Option(min=10, help="Bootstrap replicates for the 95 % intervals on tau.")] = 1000,
     on_bad_checkpoint: Annotated[OnBad, typer.Option(
         help="A test checkpoint that cannot be read: fail (list them) or skip.",
@@ -45,7 +48,8 @@ def eval_command(
 
     torch.set_num_threads(threads)
     results = evaluate(predictors, sources, out, unregularized=unregularized, max_test=max_test,
-                       on_bad=on_bad_checkpoint.value, chunks_only=chunks_only, n_boot=n_boot)
+                       on_bad=on_bad_checkpoint.value, chunks_only=chunks_only, stats_only=stats_only,
+                       n_boot=n_boot)
     console.print((out / "results.md").read_text())
     if update_card:
         write_card(predictors[0], results)

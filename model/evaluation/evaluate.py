@@ -61,14 +61,15 @@ def evaluate(
     on_bad: OnBad = "fail",
     progress: bool = True,
     chunks_only: Path | None = None,
+    stats_only: Path | None = None,
     table: bool = True,
     n_boot: int = 1000,
 ) -> dict[str, Any]:
     """Score every predictor on every labels file's / zoo's test split; write results.json, results.md, plots.
 
     With ``table`` (default), the first predictor's setup is also scored by ``model.evaluation.table`` (every
-    method on the same splits, bootstrap CIs, interval width, OOD rates; ``chunks_only``: the chunks-only SNE
-    of the same setup); its per-kind taus become ``results["kendall_tau"]`` (what the first card publishes)."""
+    method on the same splits, bootstrap CIs, interval width, OOD rates; ``chunks_only`` / ``stats_only``: the
+    one-path SNEs of the same setup, the ablation); its per-kind taus become ``results["kendall_tau"]`` (what the first card publishes)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     cache: dict[tuple[Path, int], list[Example]] = {}
 
@@ -154,7 +155,8 @@ def evaluate(
     if table and first is not None:
         tab = evaluate_table(
             card_sources(predictor_dirs[0], first.card.zoo.dirs), list(zoo_dirs), out_dir,
-            {"sne": predictor_dirs[0], **({"sne_chunks": chunks_only} if chunks_only is not None else {})},
+            {"sne": predictor_dirs[0], **({"sne_chunks": chunks_only} if chunks_only is not None else {}),
+             **({"sne_stats": stats_only} if stats_only is not None else {})},
             max_train=max_baseline_train, max_test=max_test, n_boot=n_boot,
         )
         results["kendall_tau_all_predictors"] = results["kendall_tau"]

@@ -1,7 +1,7 @@
 """The evaluation table (issue 9): every method on the same splits, in one run, with uncertainty.
 
 One *setup* = the training sources (zoos or labels files). Every baseline is fit once on their train split;
-every SNE predictor given (e.g. ``sne`` = statistics-aware, ``sne_chunks`` = chunks-only ablation) was trained
+every SNE predictor given (e.g. ``sne`` = statistics-aware, ``sne_chunks`` / ``sne_stats`` = the one-path ablations) was trained
 on them. Each test source's test split is then scored by every method:
 
 * Kendall tau with a 95 % bootstrap interval, resampling test checkpoints *by run*;
@@ -44,7 +44,7 @@ from model.predictor import DEFAULT_LEVEL, Predictor, knn_score
 from model.training import Example, load_examples, predict_examples
 from model.zoo.families import family_of
 
-SNE_METHODS: tuple[str, ...] = ("sne", "sne_chunks")
+SNE_METHODS: tuple[str, ...] = ("sne", "sne_chunks", "sne_stats")
 BASELINE_METHODS: tuple[str, ...] = ("statset", "pooled", "statnn", "mlp")
 METHODS: tuple[str, ...] = SNE_METHODS + BASELINE_METHODS
 KINDS: tuple[str, ...] = ("in_distribution", "cross_dataset", "cross_arch")

@@ -4,7 +4,7 @@ from __future__ import annotations
 from typing import Any
 
 NAMES = {
-    "sne": "SNE", "sne_chunks": "SNE chunks-only", "statset": "stats set model",
+    "sne": "SNE", "sne_chunks": "SNE chunks-only", "sne_stats": "SNE stats-only", "statset": "stats set model",
     "pooled": "pooled-stats GBM", "statnn": "STATNN", "mlp": "MLP",
 }
 
