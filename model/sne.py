@@ -120,10 +120,10 @@ class SNEEnsemble(nn.Module):
     thousand checkpoints one SNE's ranking varies by +-0.02 tau from seed to seed; the mean varies less and
     ranks better), embeddings and layer embeddings are concatenated (each member's space kept intact)."""
 
-    def __init__(self, cfg: SNEConfig) -> None:
+    def __init__(self, cfg: SNEConfig, members: list[SNE] | None = None) -> None:
         super().__init__()
         self.cfg = cfg
-        self.members = nn.ModuleList(SNE(cfg) for _ in range(cfg.members))
+        self.members = nn.ModuleList(members if members is not None else [SNE(cfg) for _ in range(cfg.members)])
 
     def sne_members(self) -> list[SNE]:
         return [m for m in self.members if isinstance(m, SNE)]
@@ -146,6 +146,12 @@ class SNEEnsemble(nn.Module):
 Encoder = SNE | SNEEnsemble
 
 
-def build_encoder(cfg: SNEConfig) -> Encoder:
-    """The model a config describes: one SNE, or an ensemble when `cfg.members > 1` (the weights' layout)."""
-    return SNE(cfg) if cfg.members == 1 else SNEEnsemble(cfg)
+def build_encoder(cfg: SNEConfig, seed: int | None = None) -> Encoder:
+    """The model a config describes: one SNE, or an ensemble when `cfg.members > 1` (the weights' layout).
+    With `seed`, member k is initialised from `seed + k`, so a member does not depend on how many there are."""
+    members = []
+    for k in range(cfg.members):
+        if seed is not None:
+            torch.manual_seed(seed + k)
+        members.append(SNE(cfg))
+    return members[0] if cfg.members == 1 else SNEEnsemble(cfg, members)

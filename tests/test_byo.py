@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from model.predictor import Predictor
 from model.training.guards import TrainError, check_resume
 from model.training.train import TrainOptions
 
@@ -125,3 +126,21 @@ def test_check_resume_modes(tmp_path):
     assert check_resume(resume, TrainOptions(lr=3e-3, device="cuda"), "keep") == TrainOptions(lr=1e-3, device="cuda")
     assert check_resume(resume, TrainOptions(lr=1e-3, name="x"), "check").name == "x"  # a name is not a setting
     assert check_resume(resume, TrainOptions(lr=3e-3), "restart").lr == 3e-3 and not resume.exists()
+
+
+def test_an_ensemble_trains_each_member_and_resumes_like_one_model(walkthrough, tmp_path):
+    out, env, _ = walkthrough
+    run = tmp_path / "ens"
+    args = [sys.executable, "-m", "app.cli", "train", "--labels", str(out / "mlp.csv"), "--out", str(run),
+            "--config", "tiny", "--threads", "1", "--members", "2", "--epochs", "2", "--lir-weight", "0"]
+    res = _run(args, env)
+    assert res.returncode == 0, res.stderr[-3000:]
+    card = json.loads((run / "card.json").read_text())
+    assert card["config"]["members"] == 2 and len(card["training"]["best_epoch"]) == 2
+    assert len(card["training"]["history"]) == 2 and all(len(h) == 2 for h in card["training"]["history"])
+    assert all((run / "resume" / f"member-{k}" / "state.json").exists() for k in range(2))
+    pred = Predictor.load(run)
+    assert pred.model.__class__.__name__ == "SNEEnsemble" and pred.reference is not None
+    assert pred.reference.shape[1] == 2 * pred.config.encoding  # member embeddings side by side
+    res = _run([*args, "--lr", "0.01"], env)  # the stored settings are found in member-0's state
+    assert res.returncode == 2 and "lr=0.002 (now 0.01)" in res.stderr, res.stderr

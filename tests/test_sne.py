@@ -198,3 +198,14 @@ def test_ensemble_averages_member_logits_and_concatenates_embeddings(chunked, tm
     again = Predictor.load(tmp_path)
     assert isinstance(again.model, SNEEnsemble)
     assert torch.equal(again.model(b).logit, out.logit)
+
+
+def test_seeded_members_do_not_depend_on_the_ensemble_size():
+    from model.sne import SNEEnsemble, build_encoder
+
+    two = build_encoder(CFG.model_copy(update={"members": 2}), seed=5)
+    one = build_encoder(CFG, seed=6)
+    assert isinstance(two, SNEEnsemble)
+    pairs = zip(two.sne_members()[1].state_dict().values(), one.state_dict().values(), strict=True)
+    assert all(torch.equal(a, b) for a, b in pairs)
+    assert not torch.equal(two.sne_members()[0].stats_proj[0].weight, one.stats_proj[0].weight)

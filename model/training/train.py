@@ -149,7 +149,7 @@ def train(
     if any(e.gap is None for e in train_set + val_set):
         opts = replace(opts, gap_weight=0.0)  # the labels give no gap for some checkpoints: no gap head trained
     stats = torch.stack([ch.stats for e in train_set for layer in e.layers for _, ch in layer.parts])
-    model = build_encoder(cfg)
+    model = build_encoder(cfg, seed=opts.seed)  # member k initialised from seed + k
     members = [model] if isinstance(model, SNE) else model.sne_members()
     runs: list[dict] = []
     for k, member in enumerate(members):
