@@ -62,6 +62,7 @@ def pack_encoding(enc: Encoding) -> bytes:
         "cov": r.coverage,
         "ood": r.ood_score,
         "flag": r.ood_flag,
+        "arch": r.unseen_architecture,
         "emb": int(emb.shape[0]),
         "lemb": list(lemb.shape),
         "layers": [[r.name, r.type, r.level, r.shape, r.parameters, r.chunks, r.chunks_sampled] for r in enc.layers],
@@ -96,6 +97,7 @@ def unpack_encoding(data: bytes) -> Encoding:
             coverage=h["cov"],
             ood_score=h["ood"],
             ood_flag=bool(h["flag"]),
+            unseen_architecture=bool(h.get("arch", False)),
         )
         return Encoding(
             sha256=str(h["sha"]),

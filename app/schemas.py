@@ -35,7 +35,14 @@ class OOD(BaseModel):
         description="Mean distance of the embedding to its k nearest training-zoo embeddings; null when the "
         "predictor ships no reference embeddings."
     )
-    flag: bool = Field(description="True when score > threshold: the prediction may be unreliable.")
+    flag: bool = Field(
+        description="True when score > threshold or the architecture is one the predictor never saw: the "
+        "prediction may be unreliable."
+    )
+    unseen_architecture: bool = Field(
+        False, description="The checkpoint's layer kinds, or its number of layers, were never seen in training "
+        "(the card's `ood.architectures`)."
+    )
     threshold: float | None = Field(description="The predictor card's OOD threshold.")
 
 
@@ -71,7 +78,7 @@ class EncodeResponse(BaseModel):
 
     sha256: str = Field(description="sha256 of the uploaded bytes.")
     predictor: PredictorRef
-    embedding: list[float] = Field(description="The network embedding (the predictor's `config.encoding` floats).")
+    embedding: list[float] = Field(description="The network embedding: `config.members * config.encoding` floats (an ensemble's members side by side).")
     predicted_accuracy: float = Field(ge=0, le=1)
     predicted_gap: float | None = Field(description="Predicted train-test gap; null when the predictor has no gap head.")
     interval: Interval
@@ -97,7 +104,7 @@ class EncodeResponse(BaseModel):
                     "predicted_accuracy": 0.912,
                     "predicted_gap": 0.031,
                     "interval": {"low": 0.874, "high": 0.950, "coverage": 0.9},
-                    "ood": {"score": 0.41, "flag": False, "threshold": 1.25},
+                    "ood": {"score": 0.41, "flag": False, "unseen_architecture": False, "threshold": 1.25},
                     "layers": [
                         {"name": "0", "type": "conv2d", "level": 0, "shape": [16, 1, 3, 3], "parameters": 160, "chunks": 17, "chunks_sampled": 17},
                         {"name": "7", "type": "linear", "level": 3, "shape": [10, 16], "parameters": 170, "chunks": 11, "chunks_sampled": 11},
@@ -255,7 +262,8 @@ def encode_response(
         predicted_accuracy=p.accuracy,
         predicted_gap=p.gap,
         interval=Interval(low=p.low, high=p.high, coverage=p.coverage),
-        ood=OOD(score=p.ood_score, flag=p.ood_flag, threshold=predictor.card.ood.threshold),
+        ood=OOD(score=p.ood_score, flag=p.ood_flag, unseen_architecture=p.unseen_architecture,
+                threshold=predictor.card.ood.threshold),
         layers=[LayerInfo(**row.as_dict()) for row in encoding.layers],
         skipped=[SkippedTensor(**s) for s in encoding.skipped],
         cached=encoding.cached,

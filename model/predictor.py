@@ -20,6 +20,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from safetensors.torch import load_file, save_file
 
+from model.architecture import SeenArchitecture, batch_signatures, unseen
 from model.checkpoint import Checkpoint
 from model.chunking import ChunkedLayer, chunk_checkpoint
 from model.config import SNEConfig, get_config
@@ -85,6 +86,10 @@ class OODInfo(_CardPart):
     threshold: float | None = Field(default=None, description="kNN distance beyond which a checkpoint is flagged.")
     quantile: float | None = None
     n_reference: int | None = None
+    architectures: list[SeenArchitecture] | None = Field(
+        default=None, description="Layer kinds and layer-count ranges seen in training (`model.architecture`); "
+        "another architecture is flagged. Null in cards that predate it: no such check.",
+    )
 
 
 class Budgets(_CardPart):
@@ -145,7 +150,8 @@ class Prediction:
     high: float
     coverage: float | None  # nominal coverage of [low, high]; None when uncalibrated
     ood_score: float | None  # kNN distance to the training zoo; None without a reference
-    ood_flag: bool
+    ood_flag: bool  # score above the threshold, or an architecture the predictor never saw
+    unseen_architecture: bool = False  # layer kinds / count never seen in training (card `ood.architectures`)
 
     def is_finite(self) -> bool:
         """False when the encoder produced NaN/Inf (extreme weights): such a prediction is never served."""
@@ -272,6 +278,8 @@ class Predictor:
         threshold = self.card.ood.threshold
         score = knn_score(emb, self.reference).cpu() if self.reference is not None else None
         layers = out.layer_embeddings.float().cpu().numpy()  # [sum L, H] float32
+        seen = self.card.ood.architectures
+        new_arch = [seen is not None and unseen(sig, seen) for sig in batch_signatures(batch)]  # [B]
         results = []
         for i in range(batch.n_checkpoints):
             a = float(acc[i])
@@ -289,7 +297,8 @@ class Predictor:
                     high=hi,
                     coverage=float(DEFAULT_LEVEL) if q is not None else None,
                     ood_score=s,
-                    ood_flag=bool(s is not None and threshold is not None and s > threshold),
+                    ood_flag=bool(s is not None and threshold is not None and s > threshold) or new_arch[i],
+                    unseen_architecture=new_arch[i],
                 )
             )
         return results

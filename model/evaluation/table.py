@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from model.architecture import signature, unseen
 from model.evaluation.baselines import StatNN, baseline_predictions
 from model.evaluation.metrics import (
     DEFAULT_ALPHAS,
@@ -84,14 +85,16 @@ class _SNE:
         emb = out["emb"].numpy()
         lo, hi = interval(out["acc"], self.q_const)
         nlo, nhi = normalized_interval(out["acc"], self.sigma(emb), self.q_norm)
-        thr, ref = self.pred.card.ood.threshold, self.pred.reference
-        flag = None
-        if thr is not None and ref is not None:
-            flag = float((knn_score(out["emb"], ref).numpy() > thr).mean())
+        thr, ref, seen = self.pred.card.ood.threshold, self.pred.reference, self.pred.card.ood.architectures
+        new_arch = np.array([seen is not None and unseen(signature(e.layers), seen) for e in test])  # [n]
+        flag = unseen_rate = None
+        if thr is not None and ref is not None:  # as served: far from the zoo, or an architecture never seen
+            flag = float(((knn_score(out["emb"], ref).numpy() > thr) | new_arch).mean())
+            unseen_rate = float(new_arch.mean())
         return out["acc"], {
             "coverage": coverage(true, lo, hi), "width": mean_width(lo, hi),
             "coverage_normalized": coverage(true, nlo, nhi), "width_normalized": mean_width(nlo, nhi),
-            "ood_flag_rate": flag,
+            "ood_flag_rate": flag, "unseen_architecture_rate": unseen_rate,
         }
 
 

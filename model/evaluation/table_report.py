@@ -41,8 +41,10 @@ def table_markdown(results: dict[str, Any]) -> str:
         for k, m, v in rows:
             lines.append(f"| {k} | {NAMES[m]} | {_f(v['coverage'])} | {_f(v['width'])} | {_f(v['coverage_normalized'])} "
                          f"| {_f(v['width_normalized'])} | {_f(v['ood_flag_rate'])} |")
-        lines += ["", "| test split | kind | predictor | OOD flag rate |", "|---|---|---|---|"]
+        lines += ["", "| test split | kind | predictor | OOD flag rate | of which: unseen architecture |",
+                  "|---|---|---|---|---|"]
         for r in results["pairs"]:
             for m, v in r["intervals"].items():
-                lines.append(f"| {r['test']} | {r['kind']} | {NAMES[m]} | {_f(v['ood_flag_rate'])} |")
+                lines.append(f"| {r['test']} | {r['kind']} | {NAMES[m]} | {_f(v['ood_flag_rate'])} "
+                             f"| {_f(v.get('unseen_architecture_rate'))} |")
     return "\n".join(lines) + "\n"

@@ -28,6 +28,7 @@ from rich.progress import Progress
 from safetensors.torch import load_file, save_file
 
 from model.admission import Limits
+from model.architecture import seen_architectures, signature
 from model.config import get_config
 from model.evaluation.metrics import (
     conformal_quantiles,
@@ -293,8 +294,9 @@ def finalize(
         },
         "budgets": {"layer_chunk_budget": Limits().layer_chunk_budget,
                     "checkpoint_chunk_budget": Limits().checkpoint_chunk_budget, "train_chunks_per_part": opts.train_chunks},
-        "ood": {"method": f"mean distance to the {OOD_K} nearest training embeddings", "k": OOD_K, "quantile": 0.99,
-                "n_reference": int(reference.shape[0]), **ood},
+        "ood": {"method": f"mean distance to the {OOD_K} nearest training embeddings, or an unseen architecture",
+                "k": OOD_K, "quantile": 0.99, "n_reference": int(reference.shape[0]), **ood,
+                "architectures": [a.model_dump() for a in seen_architectures(signature(e.layers) for e in train_set)]},
     }
     return Predictor(model, card, reference, torch.from_numpy(ref_residuals).float())
 
