@@ -36,7 +36,7 @@ class Limits(BaseModel):
         default=4096, ge=1, description="chunks encoded per layer; more are sampled (SNE_LAYER_CHUNK_BUDGET)"
     )
     checkpoint_chunk_budget: int = Field(
-        default=65536, ge=1, description="chunks encoded per checkpoint; more are sampled (SNE_CHECKPOINT_CHUNK_BUDGET)"
+        default=16384, ge=1, description="chunks encoded per checkpoint; more are sampled (SNE_CHECKPOINT_CHUNK_BUDGET)"
     )
 
     @classmethod

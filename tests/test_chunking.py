@@ -207,7 +207,7 @@ def test_peak_memory_bounded_by_one_tensor_not_the_file(tmp_path):
     Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current RSS
     before = _vm("VmRSS")
     seen: list[tuple[int, int]] = []
-    out = chunk_file(path, 16, Limits(), b"seed", progress=lambda done, total: seen.append((done, total)))
+    out = chunk_file(path, 16, Limits(layer_chunk_budget=4096, checkpoint_chunk_budget=65536), b"seed", progress=lambda done, total: seen.append((done, total)))
     peak = _vm("VmHWM") - before
     assert [d for d, _ in seen] == [(i + 1) * largest // 2 for i in range(10)] and seen[-1][1] == 5 * largest
     assert out.total_chunks == 10 * 2048 * 5120 // 16 and out.n_chunks == 10 * 4096
