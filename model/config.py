@@ -26,6 +26,11 @@ class SNEConfig(BaseModel):
         32768, ge=64, description="set elements per attention call: bounds memory and keeps CPU work in cache"
     )
 
+    @property
+    def embedding_size(self) -> int:
+        """Floats in a network embedding: each member's `encoding`, side by side."""
+        return self.members * self.encoding
+
     @model_validator(mode="after")
     def _check(self) -> SNEConfig:
         if self.hidden % self.heads or self.encoding % self.heads:

@@ -116,7 +116,7 @@ async def test_default_predictor_path():
         body = r.json()
         assert body["predictor"] == {"name": expected.name, "version": expected.version, "trained": expected.trained}
         assert (body["warning"] is None) == expected.trained
-        assert len(body["embedding"]) == expected.config.encoding
+        assert len(body["embedding"]) == expected.config.embedding_size
 
 
 async def test_predictor_card(svc_predictor_dir, svc_predictor):
