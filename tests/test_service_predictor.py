@@ -19,12 +19,13 @@ SHAPES = {
             ("4.weight", (10, 50)), ("4.bias", (10,))],
 }
 
-#: (kind, seed, weight scale) -> (predicted accuracy, ood flag) of the shipped predictor
-#: sne-small-digits 2026-11-23-e24929db50e1 (the statistics-aware SNE retrained for issue 12)
+#: (kind, seed, weight scale) -> (predicted accuracy, ood flag, 90 % interval) of the shipped predictor
+#: sne-small-digits 2026-11-23-bc158e487382 (3-member ensemble, kernel statistics; issue 9). Its card has
+#: normalised conformal quantiles, so each interval is scaled by that checkpoint's difficulty.
 PINNED = {
-    ("arch1", 0, 0.1): (0.30633726716041565, False),
-    ("arch1", 2, 0.05): (0.11186078190803528, False),
-    ("mlp", 3, 0.1): (0.8065522313117981, False),
+    ("arch1", 0, 0.1): (0.22410207986831665, False, (0.04580215642873803, 0.4024020033078953)),
+    ("arch1", 2, 0.05): (0.10763153433799744, False, (0.0076909332722066015, 0.20757213540378827)),
+    ("mlp", 3, 0.1): (0.9308492541313171, True, (0.7739789998392718, 1.0)),  # an MLP: unseen architecture
 }
 
 
@@ -42,17 +43,21 @@ def shipped() -> Predictor:
 
 
 def test_shipped_predictor_predictions_are_pinned(shipped):
-    if shipped.version != "2026-11-23-e24929db50e1":
-        pytest.skip(f"pins are for the predictor shipped as 2026-11-23-e24929db50e1, not {shipped.version}")
+    if shipped.version != "2026-11-23-bc158e487382":
+        pytest.skip(f"pins are for the predictor shipped as 2026-11-23-bc158e487382, not {shipped.version}")
     got = shipped.predict([seeded_checkpoint(*case) for case in PINNED])
+    widths = []
     for case, p in zip(PINNED, got):
-        accuracy, flag = PINNED[case]
+        accuracy, flag, interval = PINNED[case]
         assert p.accuracy == pytest.approx(accuracy, abs=1e-5), case
         assert p.ood_flag is flag, case
-        q = shipped.card.conformal.accuracy["0.90"]
-        assert (p.low, p.high) == pytest.approx((max(0.0, accuracy - q), min(1.0, accuracy + q)), abs=1e-5)
+        assert (p.low, p.high) == pytest.approx(interval, abs=1e-5) and p.low <= p.accuracy <= p.high
+        widths.append(p.high - p.low)
         assert p.embedding.dtype.name == p.layer_embeddings.dtype.name == "float32"
-        assert p.layer_embeddings.shape == (len(SHAPES[case[0]]) // 2, shipped.config.hidden)
+        members = shipped.config.members  # an ensemble's embeddings are its members' side by side
+        assert p.embedding.shape == (members * shipped.config.encoding,)
+        assert p.layer_embeddings.shape == (len(SHAPES[case[0]]) // 2, members * shipped.config.hidden)
+    assert max(widths) - min(widths) > 0.05  # per-checkpoint (normalised) intervals, not one constant width
 
 
 def test_shipped_card_is_typed_and_keeps_every_key(shipped):
