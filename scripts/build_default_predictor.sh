@@ -58,6 +58,16 @@ $SNE eval --predictor runs/digits --predictor runs/shapes \
   --zoo zoos/arch1-digits --zoo zoos/arch1-shapes --zoo zoos/arch2-digits --zoo zoos/arch2-shapes \
   --out eval --update-card "${TABLE_ARGS[@]}"
 
+# The family mixture (README: tried, not shipped): the same recipe on three families, scored on every zoo.
+# MIX=0 skips it (~40 min on one core).
+if [ "${MIX:-1}" != 0 ]; then
+  $SNE train --zoo zoos/arch1-digits --zoo zoos/mlp-digits --zoo zoos/resnet-digits --out runs/mix \
+    "${TRAIN_ARGS[@]}" --max-train 2000 --max-eval 450 --name sne-small-mix
+  $SNE eval --predictor runs/mix --zoo zoos/arch1-digits --zoo zoos/arch1-shapes --zoo zoos/arch2-digits \
+    --zoo zoos/arch2-shapes --zoo zoos/mlp-digits --zoo zoos/resnet-digits --zoo zoos/transformer-sequences \
+    --n-boot "$N_BOOT" --out eval-mix --update-card
+fi
+
 rm -rf model/predictors/default && mkdir -p model/predictors/default
 cp runs/digits/model.safetensors runs/digits/card.json runs/digits/reference.safetensors runs/digits/training_curves.png \
   model/predictors/default/
