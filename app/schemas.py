@@ -205,6 +205,10 @@ UNKNOWN_PREDICTOR = _error(
     "`?predictor=` / `X-SNE-Predictor` names no served predictor (`GET /v1/predictors` lists them).",
     Reason.unknown_predictor, "no predictor named 'mine'; known: default, sne-small-digits, sweep-mlp",
 )
+SELECTION_CONFLICT = _error(
+    "The query and the `X-SNE-Predictor` header name two different predictors.",
+    Reason.bad_request, "?predictor='mine' and X-SNE-Predictor: 'theirs' disagree; send one of them",
+)
 BAD_QUERY = _error(
     "An invalid query parameter (in this service's one error shape).",
     Reason.invalid_request, "query.layer_embeddings: Input should be a valid boolean, unable to interpret input",

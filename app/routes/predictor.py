@@ -10,6 +10,7 @@ from app.auth import require_api_key
 from app.deps import SettingsDep
 from app.schemas import (
     BAD_QUERY,
+    SELECTION_CONFLICT,
     UNAUTHORIZED,
     UNKNOWN_PREDICTOR,
     PredictorCardResponse,
@@ -23,7 +24,7 @@ router = APIRouter(prefix="/v1", tags=["predictor"], dependencies=[Depends(requi
 @router.get(
     "/predictor",
     response_model=PredictorCardResponse,
-    responses={401: UNAUTHORIZED, 404: UNKNOWN_PREDICTOR, 422: BAD_QUERY},
+    responses={400: SELECTION_CONFLICT, 401: UNAUTHORIZED, 404: UNKNOWN_PREDICTOR, 422: BAD_QUERY},
     summary="A served predictor's card (the default's unless ?name= says otherwise)",
 )
 async def predictor_card(
