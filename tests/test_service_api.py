@@ -7,6 +7,7 @@ import json
 
 import pytest
 
+from model.admission import Limits
 from model.checkpoint import load_checkpoint
 from model.predictor import Predictor
 from tests.conftest import (
@@ -102,7 +103,7 @@ async def test_untrained_predictor_is_labelled(untrained_dir):
         assert body["predictor"]["trained"] is False
         assert "UNTRAINED" in body["warning"]
         assert body["interval"]["coverage"] is None and (body["interval"]["low"], body["interval"]["high"]) == (0, 1)
-        assert body["ood"] == {"score": None, "flag": False, "threshold": None}
+        assert body["ood"] == {"score": None, "flag": False, "unseen_architecture": False, "threshold": None}
         card = (await client.get("/v1/predictor")).json()
         assert card["trained"] is False and card["name"] == body["predictor"]["name"]
 
@@ -122,7 +123,11 @@ async def test_default_predictor_path():
 async def test_predictor_card(svc_predictor_dir, svc_predictor):
     async with running_app(settings_for(svc_predictor_dir)) as client:
         card = (await client.get("/v1/predictor")).json()
-    assert card == svc_predictor.card.model_dump(mode="json")
+    expected = svc_predictor.card.model_dump(mode="json")
+    defaults = Limits()  # the card shows the chunk budgets the service encodes under: the settings' defaults here
+    expected["budgets"].update(layer_chunk_budget=defaults.layer_chunk_budget,
+                               checkpoint_chunk_budget=defaults.checkpoint_chunk_budget)
+    assert card == expected
     assert card["metrics"]["kendall_tau"]["test"]["sne"] == 0.5
     assert card["config"]["chunk_size"] == 16 and card["zoo"]["name"] == "fixture"
 
