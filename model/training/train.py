@@ -152,10 +152,10 @@ def train(
     stats = torch.stack([ch.stats for e in train_set for layer in e.layers for _, ch in layer.parts])
     model = build_encoder(cfg, seed=opts.seed)  # member k initialised from seed + k
     members = [model] if isinstance(model, SNE) else model.sne_members()
+    meta = {"options": asdict(requested), "unreadable": tr.bad + va.bad}  # saved with every epoch's state
     runs: list[dict] = []
     for k, member in enumerate(members):
         member_dir = out_dir / "resume" / (f"member-{k}" if len(members) > 1 else "")
-        meta = {"options": asdict(requested), "unreadable": tr.bad + va.bad}  # saved with every epoch's state
         runs.append(fit_member(
             member, stats, train_set, val_set, replace(opts, seed=opts.seed + k), member_dir, meta, progress,
             lambda done: save_curves([*(r["history"] for r in runs), done], out_dir / "training_curves.png"),
