@@ -20,7 +20,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from safetensors.torch import load_file, save_file
 
-from model.architecture import SeenArchitecture, batch_signatures, unseen
+from model.architecture import SeenArchitecture, Signature, batch_signatures, unseen
 from model.checkpoint import Checkpoint
 from model.chunking import ChunkedLayer, chunk_checkpoint
 from model.config import SNEConfig, get_config
@@ -275,11 +275,8 @@ class Predictor:
         gap = out.gap.float().cpu() if self.card.predicts_gap else None  # [B]
         q = self.card.conformal.half_width(DEFAULT_LEVEL)
         half = self._normalized_half_widths(emb)  # [B] or None: then the constant q
-        threshold = self.card.ood.threshold
-        score = knn_score(emb, self.reference).cpu() if self.reference is not None else None
+        score, flags, new_arch = self.ood(emb, batch_signatures(batch))
         layers = out.layer_embeddings.float().cpu().numpy()  # [sum L, H] float32
-        seen = self.card.ood.architectures
-        new_arch = [seen is not None and unseen(sig, seen) for sig in batch_signatures(batch)]  # [B]
         results = []
         for i in range(batch.n_checkpoints):
             a = float(acc[i])
@@ -297,11 +294,21 @@ class Predictor:
                     high=hi,
                     coverage=float(DEFAULT_LEVEL) if q is not None else None,
                     ood_score=s,
-                    ood_flag=bool(s is not None and threshold is not None and s > threshold) or new_arch[i],
+                    ood_flag=flags[i],
                     unseen_architecture=new_arch[i],
                 )
             )
         return results
+
+    def ood(self, emb: torch.Tensor, signatures: Sequence[Signature]) -> tuple[torch.Tensor | None, list[bool], list[bool]]:
+        """(kNN scores `[B]` or None without a reference, flags, unseen-architecture marks) for embeddings and
+        their checkpoints' architectures: flagged when the score is above the card's threshold or the
+        architecture was never seen in training. The service and the evaluation table both read it here."""
+        threshold, seen = self.card.ood.threshold, self.card.ood.architectures
+        score = knn_score(emb, self.reference).cpu() if self.reference is not None else None  # [B]
+        new_arch = [seen is not None and unseen(sig, seen) for sig in signatures]
+        far = [score is not None and threshold is not None and float(score[i]) > threshold for i in range(len(new_arch))]
+        return score, [f or n for f, n in zip(far, new_arch, strict=True)], new_arch
 
     def _normalized_half_widths(self, emb: torch.Tensor) -> np.ndarray | None:
         """Per-checkpoint half-widths ``q * sigma(x)`` of the normalised conformal interval (card

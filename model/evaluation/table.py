@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from model.architecture import signature, unseen
+from model.architecture import signature
 from model.evaluation.baselines import StatNN, baseline_predictions
 from model.evaluation.metrics import (
     DEFAULT_ALPHAS,
@@ -41,7 +41,7 @@ from model.evaluation.pooled import layer_tokens, pooled_features
 from model.evaluation.statset import StatSetModel
 from model.evaluation.table_report import table_markdown
 from model.labels import read_labels
-from model.predictor import DEFAULT_LEVEL, Predictor, knn_score
+from model.predictor import DEFAULT_LEVEL, Predictor
 from model.training import Example, load_examples, predict_examples
 from model.zoo.families import family_of
 
@@ -85,12 +85,10 @@ class _SNE:
         emb = out["emb"].numpy()
         lo, hi = interval(out["acc"], self.q_const)
         nlo, nhi = normalized_interval(out["acc"], self.sigma(emb), self.q_norm)
-        thr, ref, seen = self.pred.card.ood.threshold, self.pred.reference, self.pred.card.ood.architectures
-        new_arch = np.array([seen is not None and unseen(signature(e.layers), seen) for e in test])  # [n]
         flag = unseen_rate = None
-        if thr is not None and ref is not None:  # as served: far from the zoo, or an architecture never seen
-            flag = float(((knn_score(out["emb"], ref).numpy() > thr) | new_arch).mean())
-            unseen_rate = float(new_arch.mean())
+        if self.pred.card.ood.threshold is not None and self.pred.reference is not None:  # the served flag
+            _, flags, new_arch = self.pred.ood(out["emb"], [signature(e.layers) for e in test])
+            flag, unseen_rate = float(np.mean(flags)), float(np.mean(new_arch))
         return out["acc"], {
             "coverage": coverage(true, lo, hi), "width": mean_width(lo, hi),
             "coverage_normalized": coverage(true, nlo, nhi), "width_normalized": mean_width(nlo, nhi),
