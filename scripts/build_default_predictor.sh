@@ -17,8 +17,10 @@ MAX_EVAL=${MAX_EVAL:-300}
 # LIR is off (--lir-weight 0): the set encoder and every statistic (the power iteration starts from the all-ones
 # vector) are permutation-invariant by construction, so its penalty is float rounding (last measured |delta
 # logit| ~1e-7) while it encodes a quarter of every batch twice. `sne train --lir-weight 1` turns it on.
+# --gap-detach: the gap head learns from a detached embedding, so the gap target does not pull the encoder away
+# from ranking accuracy (measured: val tau 0.794 vs 0.782, test 0.784 vs 0.763 for the same seeds; README).
 TRAIN_ARGS=(--config small --members "$MEMBERS" --epochs "$EPOCHS" --batch-size 64 --patience 8 --train-chunks 64
-            --lir-weight 0 --threads 1 --max-train "$MAX_TRAIN" --max-eval "$MAX_EVAL")
+            --lir-weight 0 --gap-detach --threads 1 --max-train "$MAX_TRAIN" --max-eval "$MAX_EVAL")
 
 $SNE zoo --out zoos/arch1-digits --arch arch1 --dataset digits --runs "$RUNS_A"
 $SNE zoo --out zoos/arch1-shapes --arch arch1 --dataset shapes --runs "$RUNS_B"

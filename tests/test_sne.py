@@ -209,3 +209,18 @@ def test_seeded_members_do_not_depend_on_the_ensemble_size():
     pairs = zip(two.sne_members()[1].state_dict().values(), one.state_dict().values(), strict=True)
     assert all(torch.equal(a, b) for a, b in pairs)
     assert not torch.equal(two.sne_members()[0].stats_proj[0].weight, one.stats_proj[0].weight)
+
+
+def test_detached_gap_loss_trains_the_gap_head_only(chunked):
+    from model.training.train import gap_loss
+
+    for detach in (True, False):
+        torch.manual_seed(0)
+        m = SNE(CFG)
+        out = m(pack([chunked["arch1"], chunked["mlp"]]))
+        gap_loss(m, out, torch.tensor([0.3, -0.2]), detach).backward()
+        encoder = [p.grad for n, p in m.named_parameters() if not n.startswith(("gap_head", "accuracy_head"))]
+        head = [p.grad for p in m.gap_head.parameters()]
+        assert all(g is not None and float(g.abs().sum()) > 1e-4 for g in head)
+        reached = sum(float(g.abs().sum()) for g in encoder if g is not None)
+        assert (reached == 0.0) if detach else (reached > 1e-3)

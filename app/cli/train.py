@@ -47,6 +47,10 @@ def train_command(
         min=0, help="Chunks per part sampled in each training step (0 = all).",
     )] = 64,
     lir_weight: Annotated[float, typer.Option(min=0.0, help="Logit Invariance Regularization weight (0 = off).")] = 1.0,
+    gap_weight: Annotated[float, typer.Option(min=0.0, help="Weight of the train-test gap head's loss (0 = off).")] = 1.0,
+    gap_detach: Annotated[bool, typer.Option(
+        "--gap-detach", help="Train the gap head on a detached embedding: the gap target does not shape the encoder.",
+    )] = False,
     lir_fraction: Annotated[float, typer.Option(
         min=0.0, max=1.0, help="Share of each batch also encoded with permuted hidden units.",
     )] = 0.25,
@@ -76,7 +80,7 @@ def train_command(
     torch.set_num_threads(threads)
     opts = TrainOptions(config=config, members=members, epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
                         warmup=warmup, rank_weight=rank_weight, patience=patience, train_chunks=train_chunks,
-                        lir_weight=lir_weight,
+                        lir_weight=lir_weight, gap_weight=gap_weight, gap_detach=gap_detach,
                         lir_fraction=lir_fraction, clip_grad=clip_grad, max_train=max_train, max_eval=max_eval, seed=seed,
                         device=device.value, name=name, on_bad_checkpoint=on_bad_checkpoint.value)
     pred = train(sources, out, opts, resume="keep" if resume else "restart" if restart else "check")

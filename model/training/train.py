@@ -37,7 +37,7 @@ from model.evaluation.metrics import (
 )
 from model.packing import pack
 from model.predictor import OOD_K, Predictor, knn_score, weights_digest
-from model.sne import SNE, Encoder, build_encoder
+from model.sne import SNE, Encoder, SNEOutput, build_encoder
 from model.training.examples import Example, OnBad, load_split, predict_examples, sample_chunks
 from model.training.guards import (
     ResumeMode,
@@ -71,6 +71,7 @@ class TrainOptions:
     lir_weight: float = 1.0  # 0 turns Logit Invariance Regularization off
     lir_fraction: float = 0.25  # share of each batch that is also encoded permuted
     gap_weight: float = 1.0
+    gap_detach: bool = False  # the gap head reads the embedding without steering it (the accuracy ranking alone does)
     max_train: int | None = None  # subsample the train split (CPU budgets)
     max_eval: int | None = None  # subsample the val split used for model selection and calibration
     seed: int = 0
@@ -89,6 +90,13 @@ def ranking_loss(logit: torch.Tensor, target: torch.Tensor, margin: float = 0.01
     if not bool(pairs.any()):
         return logit.sum() * 0.0
     return F.softplus(-(logit[:, None] - logit[None, :])[pairs]).mean()
+
+
+def gap_loss(model: SNE, out: SNEOutput, target: torch.Tensor, detach: bool) -> torch.Tensor:
+    """MSE of the gap head. With `detach` its gradient stops at the embedding: the gap head reads the
+    embedding, but the second target cannot pull the encoder away from ranking accuracy."""
+    gap = model.gap_head(out.embedding.detach()).squeeze(-1) if detach else out.gap  # [b]
+    return F.mse_loss(gap, target)
 
 
 def lr_factor(step: int, total: int, warmup: float) -> float:
@@ -201,7 +209,7 @@ def fit_member(
                 loss = F.binary_cross_entropy_with_logits(out.logit, target)
                 if opts.rank_weight > 0:
                     loss = loss + opts.rank_weight * ranking_loss(out.logit, target)
-                loss = loss + opts.gap_weight * F.mse_loss(out.gap, g[idx].to(opts.device))
+                loss = loss + opts.gap_weight * gap_loss(model, out, g[idx].to(opts.device), opts.gap_detach)
                 n_lir = round(len(batch) * opts.lir_fraction)
                 if opts.lir_weight > 0 and n_lir > 0:
                     loss = loss + opts.lir_weight * lir_penalty(model, batch[:n_lir], out.logit[:n_lir], gen, opts.train_chunks)
