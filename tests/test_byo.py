@@ -142,5 +142,10 @@ def test_an_ensemble_trains_each_member_and_resumes_like_one_model(walkthrough, 
     pred = Predictor.load(run)
     assert pred.model.__class__.__name__ == "SNEEnsemble" and pred.reference is not None
     assert pred.reference.shape[1] == 2 * pred.config.encoding  # member embeddings side by side
+    spent = card["training"]["epoch_seconds"]
+    assert len(spent) == 2 and all(s > 0 for s in spent)
+    res = _run(args, env)  # every epoch is done: resuming only calibrates again, and keeps what training cost
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert json.loads((run / "card.json").read_text())["training"]["epoch_seconds"] == spent
     res = _run([*args, "--lr", "0.01"], env)  # the stored settings are found in member-0's state
     assert res.returncode == 2 and "lr=0.002 (now 0.01)" in res.stderr, res.stderr

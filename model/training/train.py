@@ -199,6 +199,7 @@ def fit_member(
                 bar.console.print(f"early stop: no better val τ for {opts.patience} epochs")
                 break
             model.train()
+            t_epoch = time.time()
             order = torch.randperm(len(train_set), generator=gen).tolist()
             losses = []
             for s in range(steps):
@@ -234,6 +235,7 @@ def fit_member(
                 resume_dir.mkdir(parents=True, exist_ok=True)
                 save_file(best, resume_dir / "best.safetensors")
             info["epoch"] = epoch + 1
+            info["seconds"] = info.get("seconds", 0.0) + time.time() - t_epoch  # survives resumes, unlike wall time
             save_resume(resume_dir, model, opt, info)
             collapsed = "  COLLAPSED to a constant" if spread < COLLAPSE_STD else ""
             bar.console.print(
@@ -282,7 +284,9 @@ def finalize(
         "quality": quality,
         "warnings": quality["warnings"],
         "training": {
-            **asdict(opts), "seconds": round(seconds, 1), "val_kendall_tau": kendall_tau(val["acc"], true_acc),
+            **asdict(opts), "seconds": round(seconds, 1),  # this invocation: loading, any training, calibration
+            "epoch_seconds": [round(r.get("seconds", 0.0), 1) for r in runs],  # per member, over every invocation
+            "val_kendall_tau": kendall_tau(val["acc"], true_acc),
             "best_epoch": [r.get("best_epoch") for r in runs], "member_val_kendall_tau": [r.get("best_tau") for r in runs],
             "history": [r.get("history", []) for r in runs],
         },
