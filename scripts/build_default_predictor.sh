@@ -74,4 +74,4 @@ rm -rf model/predictors/default && mkdir -p model/predictors/default
 cp runs/digits/model.safetensors runs/digits/card.json runs/digits/reference.safetensors runs/digits/training_curves.png \
   model/predictors/default/
 cp eval/results.md eval/results.json model/predictors/default/
-echo "default predictor written to model/predictors/default"
+echo "default predictor written to model/predictors/default in $((SECONDS / 60)) min (this invocation; finished steps are skipped)"
