@@ -12,6 +12,11 @@ EPOCHS=${EPOCHS:-30}          # upper bound: early stopping on val tau (patience
 MEMBERS=${MEMBERS:-3}         # SNEs from seeds 0..MEMBERS-1, logits averaged (model.sne.SNEEnsemble)
 MAX_TRAIN=${MAX_TRAIN:-1000}
 MAX_EVAL=${MAX_EVAL:-300}
+# Where a GPU is present (torch sees CUDA) the SNEs train there at the `medium` size (4x wider; three members
+# still fit the 20 MB a shipped predictor may take); otherwise `small` on the CPU. DEVICE=cpu / CONFIG=... override.
+# (Not yet run on a GPU: none was lent to this project so far.)
+DEVICE=${DEVICE:-$(${SNE%/sne}/python -c 'import torch; print("cuda" if torch.cuda.is_available() else "cpu")' 2>/dev/null || echo cpu)}
+CONFIG=${CONFIG:-$([ "$DEVICE" = cuda ] && echo medium || echo small)}
 # AdamW (lr 2e-3, warm-up 5 %, cosine), clip 1.0, BCE + pairwise ranking over batches of 64 (2,016 pairs a step),
 # 64 random chunks per part per step.
 # LIR is off (--lir-weight 0): the set encoder and every statistic (the power iteration starts from the all-ones
@@ -19,7 +24,7 @@ MAX_EVAL=${MAX_EVAL:-300}
 # logit| ~1e-7) while it encodes a quarter of every batch twice. `sne train --lir-weight 1` turns it on.
 # --gap-detach: the gap head learns from a detached embedding, so the gap target does not pull the encoder away
 # from ranking accuracy (measured: val tau 0.794 vs 0.782, test 0.784 vs 0.763 for the same seeds; README).
-TRAIN_ARGS=(--config small --members "$MEMBERS" --epochs "$EPOCHS" --batch-size 64 --patience 8 --train-chunks 64
+TRAIN_ARGS=(--config "$CONFIG" --device "$DEVICE" --members "$MEMBERS" --epochs "$EPOCHS" --batch-size 64 --patience 8 --train-chunks 64
             --lir-weight 0 --gap-detach --threads 1 --max-train "$MAX_TRAIN" --max-eval "$MAX_EVAL")
 
 $SNE zoo --out zoos/arch1-digits --arch arch1 --dataset digits --runs "$RUNS_A"
@@ -33,8 +38,8 @@ $SNE zoo --out zoos/arch2-shapes --arch arch2 --dataset shapes --runs "$RUNS_ARC
 RUNS_MLP=${RUNS_MLP:-200}
 RUNS_RESNET=${RUNS_RESNET:-150}
 RUNS_TRANSFORMER=${RUNS_TRANSFORMER:-150}
-CHUNKS_CONFIG=${CHUNKS_CONFIG-small-chunks}
-STATS_CONFIG=${STATS_CONFIG-small-stats}
+CHUNKS_CONFIG=${CHUNKS_CONFIG-$CONFIG-chunks}
+STATS_CONFIG=${STATS_CONFIG-$CONFIG-stats}
 N_BOOT=${N_BOOT:-1000}
 $SNE zoo --out zoos/mlp-digits --arch mlp --dataset digits --runs "$RUNS_MLP" --group-size 64
 $SNE zoo --out zoos/resnet-digits --arch resnet --dataset digits --runs "$RUNS_RESNET" --group-size 64
@@ -43,18 +48,18 @@ TABLE_ARGS=(--zoo zoos/mlp-digits --zoo zoos/resnet-digits --zoo zoos/transforme
 if [ -n "$CHUNKS_CONFIG" ]; then
   # one member at lr 5e-4: without the statistics this path collapsed to a constant at 2e-3 (measured)
   $SNE train --zoo zoos/arch1-digits --out runs/digits-chunks "${TRAIN_ARGS[@]}" --config "$CHUNKS_CONFIG" \
-    --members 1 --lr 5e-4 --name sne-small-digits-chunks
+    --members 1 --lr 5e-4 --name "sne-$CONFIG-digits-chunks"
   TABLE_ARGS+=(--chunks-only runs/digits-chunks)
 fi
 if [ -n "$STATS_CONFIG" ]; then
   $SNE train --zoo zoos/arch1-digits --out runs/digits-stats "${TRAIN_ARGS[@]}" --config "$STATS_CONFIG" \
-    --name sne-small-digits-stats
+    --name "sne-$CONFIG-digits-stats"
   TABLE_ARGS+=(--stats-only runs/digits-stats)
 fi
 # ---- end of issue 9 block -----------------------------------------------------------------------------------
 
-$SNE train --zoo zoos/arch1-digits --out runs/digits "${TRAIN_ARGS[@]}" --name sne-small-digits
-$SNE train --zoo zoos/arch1-shapes --out runs/shapes "${TRAIN_ARGS[@]}" --name sne-small-shapes
+$SNE train --zoo zoos/arch1-digits --out runs/digits "${TRAIN_ARGS[@]}" --name "sne-$CONFIG-digits"
+$SNE train --zoo zoos/arch1-shapes --out runs/shapes "${TRAIN_ARGS[@]}" --name "sne-$CONFIG-shapes"
 
 $SNE eval --predictor runs/digits --predictor runs/shapes \
   --zoo zoos/arch1-digits --zoo zoos/arch1-shapes --zoo zoos/arch2-digits --zoo zoos/arch2-shapes \
@@ -64,7 +69,7 @@ $SNE eval --predictor runs/digits --predictor runs/shapes \
 # MIX=0 skips it (~40 min on one core).
 if [ "${MIX:-1}" != 0 ]; then
   $SNE train --zoo zoos/arch1-digits --zoo zoos/mlp-digits --zoo zoos/resnet-digits --out runs/mix \
-    "${TRAIN_ARGS[@]}" --max-train 2000 --max-eval 450 --name sne-small-mix
+    "${TRAIN_ARGS[@]}" --max-train 2000 --max-eval 450 --name "sne-$CONFIG-mix"
   $SNE eval --predictor runs/mix --zoo zoos/arch1-digits --zoo zoos/arch1-shapes --zoo zoos/arch2-digits \
     --zoo zoos/arch2-shapes --zoo zoos/mlp-digits --zoo zoos/resnet-digits --zoo zoos/transformer-sequences \
     --n-boot "$N_BOOT" --out eval-mix --update-card

@@ -98,7 +98,13 @@ def test_every_parameter_gets_gradient(chunked):
 def test_named_configs():
     assert CONFIGS["paper"].hidden == 512 and CONFIGS["paper"].encoding == 1024 and CONFIGS["paper"].chunk_size == 32
     assert CONFIGS["paper"].sab_blocks == 2 and CONFIGS["paper"].head_hidden == 1000
-    assert CONFIGS["small"].hidden < CONFIGS["paper"].hidden
+    assert CONFIGS["small"].hidden < CONFIGS["medium"].hidden < CONFIGS["paper"].hidden
+    for size in ("small", "medium"):  # the ablation's one-path variants differ from their size in that path only
+        both, stats, chunks = (CONFIGS[n] for n in (size, f"{size}-stats", f"{size}-chunks"))
+        assert (stats.use_chunks, stats.use_stats, chunks.use_chunks, chunks.use_stats) == (False, True, True, False)
+        assert stats.model_copy(update={"name": size, "use_chunks": True}) == both
+    # the GPU build's three medium members fit the 20 MB a shipped predictor may take (float32 weights)
+    assert 3 * 4 * sum(p.numel() for p in SNE(CONFIGS["medium"]).parameters()) < 18e6
     with pytest.raises(ValueError, match="divisible"):
         SNEConfig(hidden=30, heads=4)
     with pytest.raises(ValueError, match="at least one"):

@@ -28,7 +28,8 @@ def train_command(
         "--zoo", callback=existing_dirs, help="Zoo directory made by `sne zoo` (repeatable).",
     )] = None,
     config: Annotated[str, typer.Option(
-        callback=config_name, help="Encoder size: tiny, small (2 CPU cores) or paper (Table 7; GPU).",
+        callback=config_name, help="Encoder size: tiny, small (2 CPU cores), medium (a GPU; the build script's choice there) or paper "
+        "(Table 7); -stats / -chunks variants for the ablation.",
     )] = "small",
     members: Annotated[int, typer.Option(
         min=1, help="Train this many SNEs from seeds seed..seed+members-1 and average them (an ensemble).",
