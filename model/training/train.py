@@ -257,6 +257,8 @@ def finalize(
     val = predict_examples(model, val_set)
     tr = predict_examples(model, train_set[:2000])
     true_acc = np.array([e.acc for e in val_set])
+    val_tau = kendall_tau(val["acc"], true_acc)
+    limits = Limits()  # the default budgets, recorded in the card
     has_gap = opts.gap_weight > 0 and all(e.gap is not None for e in train_set + val_set)
     true_gap = np.array([e.gap or 0.0 for e in val_set])
     reference = tr["emb"]
@@ -286,12 +288,12 @@ def finalize(
         "training": {
             **asdict(opts), "seconds": round(seconds, 1),  # this invocation: loading, any training, calibration
             "epoch_seconds": [round(r.get("seconds", 0.0), 1) for r in runs],  # per member, over every invocation
-            "val_kendall_tau": kendall_tau(val["acc"], true_acc),
+            "val_kendall_tau": val_tau,
             "best_epoch": [r.get("best_epoch") for r in runs], "member_val_kendall_tau": [r.get("best_tau") for r in runs],
             "history": [r.get("history", []) for r in runs],
         },
         "metrics": {"val": {
-            "kendall_tau": kendall_tau(val["acc"], true_acc), "pooled_kendall_tau": quality["kendall_tau"]["pooled"],
+            "kendall_tau": val_tau, "pooled_kendall_tau": quality["kendall_tau"]["pooled"],
             **({"gap_kendall_tau": kendall_tau(val["gap"], true_gap)} if has_gap else {}),
         }},
         "conformal": {
@@ -304,8 +306,8 @@ def finalize(
                 val["emb"].numpy(), val["acc"] - true_acc, calibratable(len(val_set)),
             ),
         },
-        "budgets": {"layer_chunk_budget": Limits().layer_chunk_budget,
-                    "checkpoint_chunk_budget": Limits().checkpoint_chunk_budget, "train_chunks_per_part": opts.train_chunks},
+        "budgets": {"layer_chunk_budget": limits.layer_chunk_budget,
+                    "checkpoint_chunk_budget": limits.checkpoint_chunk_budget, "train_chunks_per_part": opts.train_chunks},
         "ood": {"method": f"mean distance to the {OOD_K} nearest training embeddings, or an unseen architecture",
                 "k": OOD_K, "quantile": 0.99, "n_reference": int(reference.shape[0]), **ood,
                 "architectures": [a.model_dump() for a in seen_architectures(signature(e.layers) for e in train_set)]},
