@@ -22,7 +22,7 @@ from model.admission import Admission, Limits, admit
 from model.checkpoint import Checkpoint, CheckpointFile, Header, TensorRef, check_finite
 from model.errors import CheckpointError
 from model.layers import KIND_IDS, LayerKind, Skipped, part_rows
-from model.stats import stats_and_scale
+from model.stats import Scratch, stats_and_scale
 
 ROLES = ("weight", "bias")
 N_TYPES = len(KIND_IDS) * len(ROLES)
@@ -125,13 +125,17 @@ def _standardise(x: torch.Tensor, std: float) -> torch.Tensor:
 
 
 def chunk_part(
-    t: torch.Tensor, kind: LayerKind, role: str, c: int, keep: int | None = None, seed: bytes | str = b"", name: str = ""
+    t: torch.Tensor, kind: LayerKind, role: str, c: int, keep: int | None = None, seed: bytes | str = b"", name: str = "",
+    scratch: Scratch | None = None,
 ) -> Chunks:
     """Chunks of one part (any float dtype, e.g. a view of the mapped file); `keep` of them when sampled.
 
     Only the kept chunks are gathered and converted to float32, so memory follows the budget, not the part.
+    `scratch` is the statistics' buffer, reused from part to part (`model.stats.Scratch`).
     """
-    stats, std = stats_and_scale(t)
+    stats, std, finite = stats_and_scale(t, scratch=scratch)
+    if not finite:  # the statistics' pass saw a NaN/Inf (or an extreme outlier): decide exactly
+        check_finite(name, t)
     rows, k = part_rows(kind, role, t.shape)
     per_row = -(-k // c)
     total = rows * per_row
@@ -166,13 +170,13 @@ def _chunk_planned(
     release: Callable[[TensorRef], None] = lambda ref: None, progress: Progress | None = None,
 ) -> ChunkedCheckpoint:
     layers, rows, done, everything = [], [], 0, plan.n_params
+    scratch = Scratch()  # one buffer for every part's statistics: at most HELD_ELEMS values, freed on return
     for lp in plan.layers:
         spec, parts = lp.spec, []
         for pp in lp.parts:
             ref = header.tensors[pp.part.key]
-            t = get(ref)
-            check_finite(ref.name, t)
-            ch = chunk_part(t, spec.kind, pp.part.role, plan.chunk_size, pp.keep, seed, ref.name)
+            t = get(ref)  # NaN/Inf are caught by chunk_part's one read of the values
+            ch = chunk_part(t, spec.kind, pp.part.role, plan.chunk_size, pp.keep, seed, ref.name, scratch)
             del t
             release(ref)
             done += ref.numel

@@ -10,11 +10,18 @@ quantiles come from a deterministic subsample of at most `SAMPLE` values (exact 
 the spectral norm is the Rayleigh quotient after `POWER_ITERS` power iterations from the all-ones vector on
 the 2-D reshaped matrix (a lower bound, so the stable rank is an upper bound). For conv weights, the lag-1
 autocorrelations inside the kernels. Every output is finite for any finite input.
+
+Cost: one read of the source. A matrix part of at most `HELD_ELEMS` values is converted into a `Scratch`
+buffer during that read and the power iteration runs on the held copy (matrix-vector products at memory speed);
+a larger part is read again, block by block, for each further iteration. Reusing one `Scratch` across the
+parts of a checkpoint avoids paying fresh-page faults for every part (they cost more than the conversion).
 """
 from __future__ import annotations
 
 import math
 from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import torch
 
@@ -26,6 +33,7 @@ BLOCK_ELEMS = 1 << 15
 SAMPLE = 1 << 15  # values the quantiles are taken from (sorting 1M would cost 0.2 s per part; 32 K
 # is the grain size too: q01 within ~0.02 std)
 POWER_ITERS = 4
+HELD_ELEMS = 1 << 24  # parts up to 16 M values (64 MB as float32) are held for the power iteration
 QUANTILES = (0.01, 0.05, 0.25, 0.5, 0.75, 0.95, 0.99)
 _TINY = 1e-12
 _CLAMP = 1e6
@@ -49,6 +57,20 @@ STAT_NAMES: tuple[str, ...] = (
     "kernel_corr_h",
 )
 N_STATS = len(STAT_NAMES)
+
+
+@dataclass
+class Scratch:
+    """A growable buffer that holds one part at a time in its work dtype; one per checkpoint being read."""
+
+    buf: torch.Tensor = field(default_factory=lambda: torch.empty(0))
+
+    def take(self, shape: torch.Size, dtype: torch.dtype) -> torch.Tensor:
+        n = math.prod(shape)
+        if self.buf.dtype != dtype or self.buf.numel() < n:
+            self.buf = torch.empty(0)  # release the old one before allocating
+            self.buf = torch.empty(n, dtype=dtype)
+        return self.buf[:n].view(shape)
 
 
 def _work_dtype(t: torch.Tensor) -> torch.dtype:
@@ -97,22 +119,29 @@ def _finite(x: float) -> float:
     return float(min(max(x, -_CLAMP), _CLAMP)) if math.isfinite(x) else 0.0
 
 
+class PartStats(NamedTuple):
+    stats: torch.Tensor  # [N_STATS] float32
+    divisor: float  # standardises the part's values: its std (its RMS when constant, 1 when all zero)
+    finite: bool  # every standardised value was finite. False: NaN/Inf in the part or, rarely, a finite outlier
+    # whose z overflowed float32; the caller decides with the exact check (model.checkpoint.all_finite)
+
+
 def part_stats(t: torch.Tensor, block: int = BLOCK_ELEMS, power_iters: int = POWER_ITERS) -> torch.Tensor:
     """`[N_STATS]` float32 statistics of all values of `t` (any float dtype, any shape, read block-wise).
 
     Matrix statistics (spectral norm, stable rank) need `t.ndim >= 2`; for vectors (biases, norms) they are 0.
     """
-    return stats_and_scale(t, block, power_iters)[0]
+    return stats_and_scale(t, block, power_iters).stats
 
 
 def stats_and_scale(
-    t: torch.Tensor, block: int = BLOCK_ELEMS, power_iters: int = POWER_ITERS
-) -> tuple[torch.Tensor, float]:
-    """`part_stats` and the divisor that standardises the part's values: its std (its RMS when constant, 1
-    when all zero), in float64 precision (the log in the vector would round it)."""
+    t: torch.Tensor, block: int = BLOCK_ELEMS, power_iters: int = POWER_ITERS, scratch: Scratch | None = None
+) -> PartStats:
+    """`part_stats`, the divisor that standardises the part's values (in float64 precision: the log in the
+    vector would round it) and whether every value was finite, all from one read of the part."""
     n = t.numel()
     if n == 0:
-        return torch.zeros(N_STATS, dtype=torch.float32), 1.0
+        return PartStats(torch.zeros(N_STATS, dtype=torch.float32), 1.0, True)
     wd = _work_dtype(t)
     sample = subsample(t)
     shift = float(sample.mean())
@@ -123,38 +152,95 @@ def stats_and_scale(
         shift, scale = 0.0, 1.0
     a = _as_matrix(t)
     matrix = t.ndim >= 2 and min(a.shape) > 1
+    iters = max(1, power_iters) if matrix else 1
     # power iteration from the all-ones vector: the same start for any order of the units, so every statistic is
     # invariant to permuting hidden units (what LIR trains for)
     v = torch.ones(a.shape[1], dtype=wd)  # [k]
-    sums = [0.0] * 5  # z, z^2, z^3, z^4, |x / scale| with z = (x - shift) / scale
-    lo, hi = math.inf, -math.inf
-    rayleigh = 0.0
-    for it in range(max(1, power_iters) if matrix else 1):
-        v = v / v.norm().clamp_min(_TINY)
-        acc = torch.zeros_like(v)
-        wv2 = 0.0
-        for blk in _blocks(a, block):
-            y = blk.to(wd, copy=True).mul_(1.0 / scale)  # [r, k] a private copy: the source may be a read-only mmap
-            if matrix:
-                u = y @ v  # [r]
-                wv2 += float((u * u).sum())
-                acc += y.T @ u  # [k]
-            if it == 0:
-                sums[4] += float(y.abs().sum())
-                z = y.sub_(shift / scale).reshape(-1)  # [r*k] shifted so the moments do not cancel
-                lo, hi = min(lo, float(z.amin())), max(hi, float(z.amax()))
-                z2 = z * z
-                p = (float(z.sum()), float(z2.sum()), float((z2 * z).sum()), float((z2 * z2).sum()))
-                if not all(math.isfinite(x) for x in p):  # float32 overflow of z^4: redo this block in float64
-                    zd = z.double()
-                    p = (float(zd.sum()), float(zd.square().sum()), float(zd.pow(3).sum()), float(zd.pow(4).sum()))
-                for i in range(4):
-                    sums[i] += p[i]
-        rayleigh = wv2  # ||A v||^2 with ||v|| = 1, in units of scale^2
-        v = acc
-    s1, s2, s3, s4, sabs = sums
-    stats, divisor = _assemble(t, n, shift, scale, (s1, s2, s3, s4, sabs, lo, hi), sample, rayleigh if matrix else 0.0)
-    return torch.cat([stats, kernel_correlations(t, block)]), divisor
+    if matrix and n <= HELD_ELEMS:
+        m = t.reshape(t.shape[0], -1)  # the source's own row order: its blocks are contiguous
+        held = (scratch or Scratch()).take(m.shape, wd)  # [out, fan_in] filled by the moments pass
+        mo = _moments_pass(m, None, shift, scale, block, held)
+        ha = held.T if a.shape != m.shape else held  # `a`'s orientation: rows the long side
+        for _ in range(iters):
+            v = v / v.norm().clamp_min(_TINY)
+            step = _matvec_whole(ha, v, scale)
+            wv2, v = step if step is not None else _matvec_blocks(ha, v, scale, block)
+    else:
+        mo = _moments_pass(a, v / v.norm() if matrix else None, shift, scale, block)
+        wv2, v = mo.wv2, mo.acc
+        for _ in range(iters - 1):
+            v = v / v.norm().clamp_min(_TINY)
+            wv2, v = _matvec_blocks(a, v, scale, block)
+    rayleigh = wv2 if matrix else 0.0  # ||A v||^2 with ||v|| = 1 (the last v), in units of scale^2
+    stats, divisor = _assemble(t, n, shift, scale, (*mo.sums, mo.lo, mo.hi), sample, rayleigh)
+    return PartStats(torch.cat([stats, kernel_correlations(t, block)]), divisor, mo.finite)
+
+
+class _Moments(NamedTuple):
+    sums: list[float]  # of z, z^2, z^3, z^4 and |x / scale|, with z = (x - shift) / scale
+    lo: float  # min z
+    hi: float  # max z
+    finite: bool  # every z was finite
+    wv2: float  # ||A v||^2 (0 without v)
+    acc: torch.Tensor  # [k] A^T A v (empty without v)
+
+
+def _moments_pass(
+    a: torch.Tensor, v: torch.Tensor | None, shift: float, scale: float, block: int, hold: torch.Tensor | None = None
+) -> _Moments:
+    """One read of every value: the shifted moments, min and max, and with `v` the first `A^T A v` step.
+
+    With `hold` (shaped like `a`) the values are also kept there, converted to the work dtype.
+    """
+    wd = hold.dtype if hold is not None else _work_dtype(a)
+    sums = [0.0] * 5
+    lo, hi, wv2, finite = math.inf, -math.inf, 0.0, True
+    acc = torch.zeros(a.shape[1] if v is not None else 0, dtype=wd)
+    rows = max(1, block // max(1, a.shape[1]))
+    for r0 in range(0, a.shape[0], rows):
+        blk = a[r0 : r0 + rows]
+        if hold is not None:
+            blk = hold[r0 : r0 + rows].copy_(blk)  # converted once, into the held copy
+        y = blk.to(wd, copy=True).mul_(1.0 / scale)  # [r, k] a private copy: the source may be a read-only mmap
+        if v is not None:
+            u = y @ v  # [r]
+            wv2 += float((u * u).sum())
+            acc += y.T @ u  # [k]
+        sums[4] += float(y.abs().sum())
+        z = y.sub_(shift / scale).reshape(-1)  # [r*k] shifted so the moments do not cancel
+        zlo, zhi = float(z.amin()), float(z.amax())  # NaN propagates through both
+        finite = finite and math.isfinite(zlo) and math.isfinite(zhi)
+        lo, hi = min(lo, zlo), max(hi, zhi)
+        z2 = z * z
+        p = (float(z.sum()), float(z2.sum()), float((z2 * z).sum()), float((z2 * z2).sum()))
+        if not all(math.isfinite(x) for x in p):  # float32 overflow of z^4: redo this block in float64
+            zd = z.double()
+            p = (float(zd.sum()), float(zd.square().sum()), float(zd.pow(3).sum()), float(zd.pow(4).sum()))
+        for i in range(4):
+            sums[i] += p[i]
+    return _Moments(sums, lo, hi, finite, wv2, acc)
+
+
+def _matvec_blocks(a: torch.Tensor, v: torch.Tensor, scale: float, block: int) -> tuple[float, torch.Tensor]:
+    """`||A v||^2` and `A^T A v` for `A = a / scale`, reading `a` block by block (scaled first: no overflow)."""
+    acc, wv2 = torch.zeros_like(v), 0.0
+    for blk in _blocks(a, block):
+        y = blk.to(v.dtype, copy=True).mul_(1.0 / scale)  # [r, k]
+        u = y @ v  # [r]
+        wv2 += float((u * u).sum())
+        acc += y.T @ u  # [k]
+    return wv2, acc
+
+
+def _matvec_whole(a: torch.Tensor, v: torch.Tensor, scale: float) -> tuple[float, torch.Tensor] | None:
+    """`_matvec_blocks` on a held part in two matrix-vector products; None where a product overflows unscaled
+    (values near the dtype's range) or is 0, so the caller takes the scaled block path."""
+    u = torch.mv(a, v).mul_(1.0 / scale)  # [r]
+    acc = torch.mv(a.T, u).mul_(1.0 / scale)  # [k]
+    wv2 = float((u * u).sum())
+    if not (math.isfinite(wv2) and bool(torch.isfinite(acc).all())) or wv2 == 0.0:
+        return None
+    return wv2, acc
 
 
 def kernel_correlations(t: torch.Tensor, block: int = BLOCK_ELEMS) -> torch.Tensor:

@@ -177,6 +177,24 @@ def test_non_finite_refused_and_mapping_closed(tmp_path):
     assert "chunk_part" not in frames and "_chunk_planned" not in frames
 
 
+@pytest.mark.parametrize("value, refused", [(float("nan"), True), (float("-inf"), True), (1e25, False)])
+def test_values_checked_in_the_statistics_read(tmp_path, value, refused):
+    """No separate NaN/Inf pass: the statistics' one read flags a non-finite value far from the subsample, and
+    the exact check then decides, so a finite outlier that overflows the standardised float32 still passes."""
+    g = torch.Generator().manual_seed(0)
+    state = {"fc1.weight": torch.randn(400, 300, generator=g) * 1e-20, "fc2.weight": torch.randn(10, 400, generator=g)}
+    state["fc1.weight"].view(-1)[99_999] = value  # not one of the 32 K values the shift and scale come from
+    path = tmp_path / "x.safetensors"
+    save_file(state, path)
+    if refused:
+        with pytest.raises(CheckpointError) as e:
+            chunk_file(path, 16, Limits(), b"x")
+        assert e.value.reason == "non_finite" and "fc1.weight" in str(e.value)
+    else:
+        ck = chunk_file(path, 16, Limits(), b"x")
+        assert all(bool(torch.isfinite(p.stats).all()) for layer in ck.layers for _, p in layer.parts)
+
+
 def _write_big(path, n: int, shape: tuple[int, int]) -> int:
     """A bf16 safetensors file written tensor by tensor (never the whole model in memory)."""
     numel = shape[0] * shape[1]

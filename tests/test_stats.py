@@ -129,3 +129,56 @@ def test_statistics_do_not_depend_on_the_order_of_units():
     t = torch.randn(24, 40) * 0.1 + 0.3 * torch.outer(torch.randn(24), torch.randn(40)) / 10
     p = t[torch.randperm(24)][:, torch.randperm(40)]
     assert torch.allclose(part_stats(t), part_stats(p), atol=1e-5)
+
+
+@pytest.mark.parametrize("shape", [(300, 200), (200, 300), (40, 30, 3, 3)])
+def test_held_and_streamed_power_iteration_agree(shape, monkeypatch):
+    """Parts up to HELD_ELEMS are converted once and iterated in memory, larger ones re-read block by block:
+    the two paths compute the same statistics (up to float rounding), with or without a reused Scratch."""
+    import model.stats as stats_mod
+
+    torch.manual_seed(1)
+    t = (torch.randn(shape) * 0.05 + 0.4 * torch.outer(torch.randn(shape[0]), torch.randn(math.prod(shape[1:])))
+         .reshape(shape) / 20).to(torch.bfloat16)
+    scratch = stats_mod.Scratch()
+    stats_mod.stats_and_scale(torch.randn(7, 5, dtype=torch.float64), scratch=scratch)  # another dtype and shape first
+    held = stats_mod.stats_and_scale(t, block=1000, scratch=scratch)
+    monkeypatch.setattr(stats_mod, "HELD_ELEMS", 0)
+    streamed = stats_mod.stats_and_scale(t, block=1000)
+    assert held.finite and streamed.finite
+    assert torch.allclose(held.stats, streamed.stats, rtol=1e-5, atol=1e-5)
+    assert held.divisor == pytest.approx(streamed.divisor, rel=1e-6)  # blocks in another order: rounding
+    i = STAT_NAMES.index("log_spectral")
+    assert float(held.stats[i]) > float(part_stats(t, power_iters=1)[i]) + 0.05  # the iterations did move it
+
+
+def _outside_subsample(n: int) -> int:
+    """A flat position `subsample` does not take (its indices are floor(i * n / SAMPLE))."""
+    from model.stats import SAMPLE
+
+    taken = set((torch.arange(SAMPLE, dtype=torch.float64) * (n / SAMPLE)).long().tolist())
+    return next(i for i in range(n // 2, n) if i not in taken)
+
+
+@pytest.mark.parametrize("held", [True, False])
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_non_finite_values_are_flagged_from_the_one_read(held, bad, monkeypatch):
+    import model.stats as stats_mod
+
+    if not held:
+        monkeypatch.setattr(stats_mod, "HELD_ELEMS", 0)
+    t = torch.randn(400, 300) * 0.02
+    assert stats_mod.stats_and_scale(t).finite
+    t.view(-1)[_outside_subsample(t.numel())] = bad  # unseen by the subsample the shift and scale come from
+    assert not stats_mod.stats_and_scale(t).finite
+
+
+def test_an_outlier_overflowing_float32_is_only_a_suspect():
+    """z = (x - shift) / scale of a finite outlier can overflow float32 when the subsample's std is tiny: the
+    flag then asks for the exact check, which passes, and the statistics stay finite."""
+    from model.stats import stats_and_scale
+
+    t = torch.randn(400, 300) * 1e-20
+    t.view(-1)[_outside_subsample(t.numel())] = 1e25
+    s = stats_and_scale(t)
+    assert not s.finite and bool(torch.isfinite(s.stats).all())
