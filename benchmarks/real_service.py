@@ -47,10 +47,11 @@ def run_service(paths: dict[str, Path], timeout_s: float = 300.0) -> None:
     print(f"## Real checkpoints through the service (`sne serve`, SNE_MAX_UPLOAD_BYTES={max_upload}, "
           f"SNE_TORCH_THREADS={os.environ.get('OMP_NUM_THREADS', '2')}, parse/encode/body timeouts {timeout_s:.0f} s)")
     print("Each file streamed from disk as `application/octet-stream`; seconds are the whole request, upload included;")
+    print("parse and forward are the server's own `timings` (the rest is the upload: receiving, hashing, spooling);")
     print("server peak RSS is its VmHWM after that request (a running peak over the run).\n")
-    print("| checkpoint | size MB | HTTP | seconds | layers | chunks sampled / chunks | predicted accuracy | OOD flag "
-          "| server peak RSS MB |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("| checkpoint | size MB | HTTP | seconds | parse s | forward s | layers | chunks sampled / chunks "
+          "| predicted accuracy | OOD flag | server peak RSS MB |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     failures = 0
     with server(env) as (url, proc), httpx.Client(base_url=url, timeout=httpx.Timeout(3 * timeout_s, connect=10)) as client:
         for name, path in paths.items():
@@ -66,11 +67,13 @@ def run_service(paths: dict[str, Path], timeout_s: float = 300.0) -> None:
                 layers = body["layers"]
                 sampled = sum(x["chunks_sampled"] for x in layers)
                 total = sum(x["chunks"] for x in layers)
-                print(f"| {name} | {size / 1e6:.1f} | 200 | {secs:.1f} | {len(layers)} | {sampled:,} / {total:,} | "
+                tm = body["timings"]
+                print(f"| {name} | {size / 1e6:.1f} | 200 | {secs:.1f} | {tm['parse_ms'] / 1e3:.1f} | "
+                      f"{tm['encode_ms'] / 1e3:.1f} | {len(layers)} | {sampled:,} / {total:,} | "
                       f"{body['predicted_accuracy']:.4f} | {body['ood']['flag']} | {rss} |", flush=True)
             else:
                 failures += 1
-                print(f"| {name} | {size / 1e6:.1f} | {r.status_code} | {secs:.1f} | n/a | n/a | n/a | n/a | {rss} |",
+                print(f"| {name} | {size / 1e6:.1f} | {r.status_code} | {secs:.1f} | n/a | n/a | n/a | n/a | n/a | n/a | {rss} |",
                       flush=True)
                 print(f"  {name}: {r.text[:500]}", file=sys.stderr)
         hwm = _vm_kb(proc.pid, "VmHWM")  # read before the server stops

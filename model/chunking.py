@@ -193,8 +193,9 @@ def chunk_file(
 ) -> ChunkedCheckpoint:
     """Admit, then chunk a safetensors file or its bytes one tensor at a time: the one entry point for uploads.
 
-    Memory: the largest tensor's pages of the mapping plus the kept chunks; the mapping is closed on return
-    and errors carry no traceback into tensor views (which would keep it mapped).
+    Memory: the largest tensor's pages of the mapping, the statistics' buffer (one part of at most
+    `model.stats.HELD_ELEMS` values) and the kept chunks; the mapping is closed on return and errors carry no
+    traceback into tensor views (which would keep it mapped).
     """
     failure = CheckpointError("bad_tensor", "unreachable")
     with CheckpointFile(source, limits) as f:
