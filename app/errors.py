@@ -78,6 +78,7 @@ class Reason(StrEnum):
     shutting_down = "shutting_down"
     unavailable = "unavailable"
     encode_timeout = "encode_timeout"  # 504: not encoded within SNE_ENCODE_TIMEOUT_SECONDS
+    insufficient_storage = "insufficient_storage"  # 507: the upload could not be spooled (disk full, ...)
     http_error = "http_error"
 
 

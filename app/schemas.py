@@ -240,6 +240,12 @@ UPLOAD_ERRORS: dict[int | str, dict[str, Any]] = {
         "Queue full, shutting down or still starting; retry after `Retry-After` seconds.",
         Reason.queue_full, "256 checkpoints are already waiting (SNE_QUEUE_LIMIT); retry shortly",
     ),
+    507: _error(
+        "The server could not store a large upload while receiving it (disk full, file size limit); "
+        "nothing was kept.",
+        Reason.insufficient_storage,
+        "the server could not store the upload (No space left on device); nothing was kept (SNE_UPLOAD_DIR)",
+    ),
 }
 
 

@@ -9,22 +9,22 @@ Both ways of sending a checkpoint end here:
 The size limit is enforced twice: a `Content-Length` above it is refused with 413 before one body byte is
 read, and the bytes actually received are counted, so a chunked (or lying) upload is cut off with 413 as
 soon as it passes the limit. The sha256 is computed while streaming. A file stays in memory up to
-`spool_bytes` and goes to a temporary file past that; `Upload.close()` removes the file.
+`spool_bytes` and goes to a temporary file past that, written and hashed by a background thread
+(`app.spool`; a storage failure is a 507); `Upload.close()` removes the file.
 """
 from __future__ import annotations
 
 import hashlib
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.requests import ClientDisconnect, Request
 
 from app.errors import APIError
+from app.spool import SpoolWriter
 
 #: allowance for multipart boundaries, part headers and small form fields on top of the file bytes
 MULTIPART_OVERHEAD = 64 * 1024
@@ -92,7 +92,11 @@ def too_large(limit: int, what: str = "upload", remaining: int | None = None) ->
 
 
 class _Sink:
-    """Accumulates one file: hashes and counts the bytes, keeps them in memory, spills to disk when big."""
+    """Accumulates one file: counts and hashes the bytes, keeps them in memory, spills to disk when big.
+
+    Past `spool_bytes` the file is written (and the rest hashed) by a `SpoolWriter` thread; the async readers
+    call `drain` after each received chunk so that at most a few blocks wait for it.
+    """
 
     def __init__(self, filename: str | None, limit: int, spool_bytes: int, upload_dir: Path | None) -> None:
         self.filename = filename
@@ -102,8 +106,7 @@ class _Sink:
         self.size = 0
         self.hash = hashlib.sha256()
         self.buf = bytearray()
-        self.file: BinaryIO | None = None
-        self.path: Path | None = None
+        self.writer: SpoolWriter | None = None
 
     def write(self, data: bytes) -> None:
         if not data:
@@ -112,32 +115,32 @@ class _Sink:
         if self.size > self.limit:
             # remaining=0: whoever streams the body decides whether the connection must close
             raise too_large(self.limit, f"file {self.filename!r}" if self.filename else "upload", remaining=0)
-        self.hash.update(data)
-        if self.file is None and len(self.buf) + len(data) > self.spool_bytes:
-            fd, name = tempfile.mkstemp(prefix="sne-upload-", suffix=".safetensors", dir=self.upload_dir)
-            self.path = Path(name)
-            self.file = os.fdopen(fd, "wb")
-            self.file.write(self.buf)
+        if self.writer is None and len(self.buf) + len(data) > self.spool_bytes:
+            self.writer = SpoolWriter(self.upload_dir, self.hash)
+            if self.buf:
+                self.writer.submit(bytes(self.buf), hash_it=False)  # hashed as it arrived
             self.buf = bytearray()
-        if self.file is not None:
-            self.file.write(data)
+        if self.writer is not None:
+            self.writer.submit(data)
         else:
+            self.hash.update(data)
             self.buf += data
 
+    async def drain(self) -> None:
+        if self.writer is not None:
+            await self.writer.drain()
+
     def finish(self) -> Upload:
-        if self.file is not None:
-            self.file.close()
-            self.file = None
-            return Upload(self.filename, self.size, self.hash.hexdigest(), path=self.path)
+        if self.writer is not None:
+            writer, self.writer = self.writer, None
+            writer.close()  # waits for the last few blocks: the hash is complete after this
+            return Upload(self.filename, self.size, self.hash.hexdigest(), path=writer.path)
         return Upload(self.filename, self.size, self.hash.hexdigest(), data=bytes(self.buf))
 
     def discard(self) -> None:
-        if self.file is not None:
-            self.file.close()
-            self.file = None
-        if self.path is not None:
-            self.path.unlink(missing_ok=True)
-            self.path = None
+        if self.writer is not None:
+            writer, self.writer = self.writer, None
+            writer.abort()
         self.buf = bytearray()
 
 
@@ -168,8 +171,13 @@ async def read_raw(request: Request, limit: int, spool_bytes: int, upload_dir: P
         async for chunk in request.stream():
             try:
                 sink.write(chunk)
-            except APIError:
+            except APIError as e:
+                if e.status != 413:
+                    raise
                 raise too_large(limit, remaining=_remaining(declared, sink.size)) from None
+            await sink.drain()
+        if sink.writer is not None:
+            await sink.writer.drain(0)  # so that finish() does not wait on the event loop
     except ClientDisconnect:
         sink.discard()
         raise APIError(400, "incomplete_upload", "the client disconnected before the upload finished") from None
@@ -279,6 +287,8 @@ async def read_multipart(
                 if e.status == 413:  # a file past its limit: say so, and stop the transfer if much is left
                     e.headers.update(_close_if_big(_remaining(declared, received)))
                 raise
+            if reader.sink is not None:
+                await reader.sink.drain()
         parser.finalize()
     except ClientDisconnect:
         reader.discard()

@@ -198,11 +198,11 @@ async def test_health_readiness_openapi(svc_predictor_dir):
 
 async def test_large_uploads_spool_to_disk_and_are_removed(svc_predictor_dir, svc_predictor, tmp_path):
     """Past `spool_bytes` an upload streams to a temp file in `upload_dir`; every such file is gone after."""
-    from app import uploads
+    from app import spool
 
     data = ckpt_bytes("cnn", unique_seed())  # ~20 kB, spooled past 1 kB
     seen = []
-    real_mkstemp = uploads.tempfile.mkstemp
+    real_mkstemp = spool.tempfile.mkstemp
 
     def spy(*a, **kw):
         fd, name = real_mkstemp(*a, **kw)
@@ -211,7 +211,7 @@ async def test_large_uploads_spool_to_disk_and_are_removed(svc_predictor_dir, sv
 
     settings = settings_for(svc_predictor_dir, spool_bytes=1024, upload_dir=tmp_path, max_upload_bytes=len(data) + 10)
     async with running_app(settings) as client:
-        uploads.tempfile.mkstemp = spy
+        spool.tempfile.mkstemp = spy
         try:
             r = await client.post("/v1/encode", content=data)
             assert r.status_code == 200
@@ -226,6 +226,6 @@ async def test_large_uploads_spool_to_disk_and_are_removed(svc_predictor_dir, sv
             r = await client.post("/v1/encode", content=chunked())
             assert r.status_code == 413
         finally:
-            uploads.tempfile.mkstemp = real_mkstemp
+            spool.tempfile.mkstemp = real_mkstemp
     assert len(seen) == 3 and all(str(p).startswith(str(tmp_path)) for p in seen)
     assert list(tmp_path.iterdir()) == []

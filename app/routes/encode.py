@@ -117,13 +117,13 @@ async def encode(
     response_model=BatchResponse,
     response_model_exclude_unset=True,
     # a bad file is answered inside the 200 body; 422 only for a bad query parameter; 415 for a raw body
-    responses={**{k: v for k, v in UPLOAD_ERRORS.items() if k in (400, 401, 413, 415, 503)}, 404: UNKNOWN_PREDICTOR,
+    responses={**{k: v for k, v in UPLOAD_ERRORS.items() if k in (400, 401, 413, 415, 503, 507)}, 404: UNKNOWN_PREDICTOR,
                422: BAD_QUERY},
     openapi_extra=BATCH_BODY,
     summary="Encode several checkpoints in one request",
     description="Each file is answered on its own (`status` 200 with `result`, or its error): one bad file "
-    "does not fail the others. The request fails as a whole only for auth (401), size (413) or when every "
-    "file was refused for load (503).",
+    "does not fail the others. The request fails as a whole only for auth (401), size (413), storage (507) "
+    "or when every file was refused for load (503).",
 )
 async def encode_batch(
     request: Request, settings: SettingsDep, served: ServedDep, layer_embeddings: LayerEmbeddings = False
