@@ -12,7 +12,7 @@ from pathlib import Path
 
 import httpx
 
-from tests.conftest import ckpt_bytes, free_port, scrape, unique_seed
+from tests.conftest import ckpt_bytes, free_port, scrape, unique_seed, wait_ready
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -33,16 +33,7 @@ def test_serve_entry_point_and_sigterm(svc_predictor_dir):
     )
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            assert proc.poll() is None, proc.stdout.read()
-            try:
-                if httpx.get(url + "/readyz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert time.monotonic() < deadline, "server did not become ready"
-            time.sleep(0.1)
+        wait_ready(proc, url)
         assert httpx.get(url + "/v1/predictor").json()["name"] == "svc-fixture"
 
         result: dict = {}

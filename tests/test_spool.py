@@ -10,12 +10,11 @@ import os
 import resource
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
 
-from tests.conftest import ckpt_bytes, free_port, unique_seed
+from tests.conftest import ckpt_bytes, free_port, unique_seed, wait_ready
 
 REPO = Path(__file__).resolve().parents[1]
 FSIZE = 256 * 1024  # largest file the server process may write
@@ -41,16 +40,7 @@ def test_spool_failure_is_507_and_the_server_goes_on(svc_predictor_dir, tmp_path
     )
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
-            try:
-                if httpx.get(url + "/readyz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert time.monotonic() < deadline, "server did not become ready"
-            time.sleep(0.1)
+        wait_ready(proc, url)
         too_big = os.urandom(4 * FSIZE)  # spooled past 1 KiB, then the write past FSIZE fails
         for send in (
             lambda: httpx.post(url + "/v1/encode", content=too_big, timeout=30),
