@@ -196,11 +196,10 @@ def _moments_pass(
     sums = [0.0] * 5
     lo, hi, wv2, finite = math.inf, -math.inf, 0.0, True
     acc = torch.zeros(a.shape[1] if v is not None else 0, dtype=wd)
-    rows = max(1, block // max(1, a.shape[1]))
-    for r0 in range(0, a.shape[0], rows):
-        blk = a[r0 : r0 + rows]
-        if hold is not None:
-            blk = hold[r0 : r0 + rows].copy_(blk)  # converted once, into the held copy
+    dests = _blocks(hold, block) if hold is not None else None  # the same row blocks as `a`'s (same shape)
+    for blk in _blocks(a, block):
+        if dests is not None:
+            blk = next(dests).copy_(blk)  # converted once, into the held copy
         y = blk.to(wd, copy=True).mul_(1.0 / scale)  # [r, k] a private copy: the source may be a read-only mmap
         if v is not None:
             u = y @ v  # [r]
