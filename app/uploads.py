@@ -24,7 +24,7 @@ from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.requests import ClientDisconnect, Request
 
 from app.errors import APIError
-from app.spool import SpoolWriter
+from app.spool import DEPTH, SpoolWriter
 
 #: allowance for multipart boundaries, part headers and small form fields on top of the file bytes
 MULTIPART_OVERHEAD = 64 * 1024
@@ -126,9 +126,10 @@ class _Sink:
             self.hash.update(data)
             self.buf += data
 
-    async def drain(self) -> None:
+    async def drain(self, depth: int = DEPTH) -> None:
+        """Wait until at most `depth` spooled blocks are queued (0: all written, so `finish` will not wait)."""
         if self.writer is not None:
-            await self.writer.drain()
+            await self.writer.drain(depth)
 
     def finish(self) -> Upload:
         if self.writer is not None:
@@ -176,8 +177,7 @@ async def read_raw(request: Request, limit: int, spool_bytes: int, upload_dir: P
                     raise
                 raise too_large(limit, remaining=_remaining(declared, sink.size)) from None
             await sink.drain()
-        if sink.writer is not None:
-            await sink.writer.drain(0)  # so that finish() does not wait on the event loop
+        await sink.drain(0)  # so that finish() does not wait on the event loop
     except ClientDisconnect:
         sink.discard()
         raise APIError(400, "incomplete_upload", "the client disconnected before the upload finished") from None
