@@ -125,6 +125,11 @@ def test_check_resume_modes(tmp_path):
         check_resume(resume, TrainOptions(lr=3e-3), "check")
     assert check_resume(resume, TrainOptions(lr=3e-3, device="cuda"), "keep") == TrainOptions(lr=1e-3, device="cuda")
     assert check_resume(resume, TrainOptions(lr=1e-3, name="x"), "check").name == "x"  # a name is not a setting
+    stored = {k: v for k, v in TrainOptions(lr=1e-3).__dict__.items() if k != "layer_drop"}  # a run from before it
+    (resume / "state.json").write_text(json.dumps({"options": stored}))
+    assert check_resume(resume, TrainOptions(lr=1e-3), "check").layer_drop == 0.0  # a newer setting at its default
+    with pytest.raises(TrainError, match=r"layer_drop=0.0 \(now 0.5\)"):
+        check_resume(resume, TrainOptions(lr=1e-3, layer_drop=0.5), "check")
     assert check_resume(resume, TrainOptions(lr=3e-3), "restart").lr == 3e-3 and not resume.exists()
 
 

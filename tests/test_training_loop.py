@@ -1,9 +1,12 @@
-"""The training loop's robustness pieces: the ranking term and the learning-rate schedule."""
+"""The training loop's robustness pieces: the ranking term, the learning-rate schedule, depth/kind augmentation."""
 import itertools
 import math
 
 import torch
 
+from model.chunking import ChunkedLayer
+from model.layers import LayerKind
+from model.training.examples import drop_layers, hide_kinds
 from model.training.train import lr_factor, ranking_loss
 
 
@@ -27,3 +30,34 @@ def test_lr_warms_up_then_decays_to_zero():
     assert f[0] == 1 / 50 and f[49] == 1.0  # linear warm-up over 5 % of the steps
     assert all(a >= b for a, b in itertools.pairwise(f[49:]))  # then only down
     assert f[-1] < 1e-4 and math.isclose(f[50 + 475], 0.5, abs_tol=0.01)  # cosine: half way at the middle
+
+
+def test_layer_drop_keeps_the_ends_and_renumbers_depth():
+    # levels 0..4, level 2 shared by a conv and its norm (dropped together)
+    layers = [ChunkedLayer(f"l{i}", LayerKind.CONV2D, lv, []) for i, lv in enumerate([0, 1, 2, 2, 3, 4])]
+    gen = torch.Generator().manual_seed(0)
+    assert drop_layers(layers, 0.0, gen) is layers
+    seen = set()
+    for _ in range(200):
+        out = drop_layers(layers, 0.5, gen)
+        names = [la.name for la in out]
+        assert names[0] == "l0" and names[-1] == "l5"  # the first and last depth are never dropped
+        assert ("l2" in names) == ("l3" in names)  # a depth level goes as a whole
+        assert sorted({la.level for la in out}) == list(range(len({la.level for la in out})))  # 0..k, no gaps
+        seen.add(len(out))
+    assert seen == {2, 3, 4, 5, 6}  # every number of middle levels 0..3 kept occurs
+    assert [la.name for la in drop_layers(layers, 1.0, gen)] == ["l0", "l5"]
+
+
+def test_kind_drop_hides_kinds_only():
+    layers = [ChunkedLayer(f"l{i}", LayerKind.CONV2D, i, []) for i in range(8)]
+    gen = torch.Generator().manual_seed(0)
+    assert hide_kinds(layers, 0.0, gen) is layers
+    hidden = 0
+    for _ in range(100):
+        out = hide_kinds(layers, 0.5, gen)
+        assert [(la.name, la.level) for la in out] == [(la.name, la.level) for la in layers]  # names, depth kept
+        assert {la.kind for la in out} <= {LayerKind.CONV2D, LayerKind.OTHER}
+        hidden += sum(la.kind is LayerKind.OTHER for la in out)
+    assert 300 < hidden < 500  # about half of 800
+    assert {la.kind for la in hide_kinds(layers, 1.0, gen)} == {LayerKind.OTHER}

@@ -52,6 +52,12 @@ def train_command(
     gap_detach: Annotated[bool, typer.Option(
         "--gap-detach", help="Train the gap head on a detached embedding: the gap target does not shape the encoder.",
     )] = False,
+    layer_drop: Annotated[float, typer.Option(
+        min=0.0, max=1.0, help="Chance each middle depth level is left out of a training step (depth augmentation).",
+    )] = 0.0,
+    kind_drop: Annotated[float, typer.Option(
+        min=0.0, max=1.0, help="Chance each layer's kind is shown as 'other' in a training step (type augmentation).",
+    )] = 0.0,
     lir_fraction: Annotated[float, typer.Option(
         min=0.0, max=1.0, help="Share of each batch also encoded with permuted hidden units.",
     )] = 0.25,
@@ -81,7 +87,7 @@ def train_command(
     torch.set_num_threads(threads)
     opts = TrainOptions(config=config, members=members, epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
                         warmup=warmup, rank_weight=rank_weight, patience=patience, train_chunks=train_chunks,
-                        lir_weight=lir_weight, gap_weight=gap_weight, gap_detach=gap_detach,
+                        lir_weight=lir_weight, gap_weight=gap_weight, gap_detach=gap_detach, layer_drop=layer_drop, kind_drop=kind_drop,
                         lir_fraction=lir_fraction, clip_grad=clip_grad, max_train=max_train, max_eval=max_eval, seed=seed,
                         device=device.value, name=name, on_bad_checkpoint=on_bad_checkpoint.value)
     pred = train(sources, out, opts, resume="keep" if resume else "restart" if restart else "check")

@@ -20,6 +20,7 @@ from model.checkpoint import TORCH_DTYPES, CheckpointFile, checkpoint_from_tenso
 from model.chunking import ChunkedLayer, Chunks, chunk_checkpoint
 from model.errors import CheckpointError
 from model.labels import Label, LabelError, read_labels
+from model.layers import LayerKind
 from model.packing import pack
 from model.sne import Encoder
 from model.training.permutations import PermutationPlan, plan_permutations
@@ -44,6 +45,31 @@ def sample_chunks(layers: list[ChunkedLayer], k: int, gen: torch.Generator) -> l
             parts.append((role, ch))
         out.append(ChunkedLayer(layer.name, layer.kind, layer.level, parts))
     return out
+
+
+def drop_layers(layers: list[ChunkedLayer], p: float, gen: torch.Generator) -> list[ChunkedLayer]:
+    """The layers with each middle depth level dropped with probability `p` (the first and last kept), levels
+    renumbered: a training-time augmentation so the encoder does not lean on one depth (cross-family transfer).
+    """
+    if p <= 0:
+        return layers
+    levels = sorted({layer.level for layer in layers})
+    middle = levels[1:-1]
+    drop = {lv for lv, u in zip(middle, torch.rand(len(middle), generator=gen).tolist(), strict=True) if u < p}
+    if not drop:
+        return layers
+    rank = {lv: i for i, lv in enumerate(lv for lv in levels if lv not in drop)}
+    return [ChunkedLayer(la.name, la.kind, rank[la.level], la.parts) for la in layers if la.level not in drop]
+
+
+def hide_kinds(layers: list[ChunkedLayer], p: float, gen: torch.Generator) -> list[ChunkedLayer]:
+    """The layers with each one's kind replaced by `other` with probability `p`: a training-time augmentation
+    so the encoder does not lean on the layer type alone (a family may use a kind where the zoo never did)."""
+    if p <= 0:
+        return layers
+    hide = torch.rand(len(layers), generator=gen).tolist()
+    return [ChunkedLayer(la.name, LayerKind.OTHER, la.level, la.parts) if u < p else la
+            for la, u in zip(layers, hide, strict=True)]
 
 
 @dataclass

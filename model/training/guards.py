@@ -69,7 +69,9 @@ def check_resume(resume_dir: Path, options: Any, mode: ResumeMode) -> Any:
     if stored is None:
         changed = ["(settings not recorded by the run that wrote it)"]
     else:
-        changed = [f"{k}={stored.get(k)!r} (now {v!r})" for k, v in now.items() if k not in _FREE and stored.get(k) != v]
+        default = {f.name: f.default for f in fields(options)}  # a setting newer than the run: its default then
+        changed = [f"{k}={stored.get(k, default[k])!r} (now {v!r})" for k, v in now.items()
+                   if k not in _FREE and stored.get(k, default[k]) != v]
     if not changed:
         return options
     if mode == "keep" and stored is not None:

@@ -38,7 +38,7 @@ from model.evaluation.metrics import (
 from model.packing import pack
 from model.predictor import OOD_K, Predictor, knn_score, weights_digest
 from model.sne import SNE, Encoder, SNEOutput, build_encoder
-from model.training.examples import Example, OnBad, load_split, predict_examples, sample_chunks
+from model.training.examples import Example, OnBad, drop_layers, hide_kinds, load_split, predict_examples, sample_chunks
 from model.training.guards import (
     ResumeMode,
     TrainError,
@@ -72,6 +72,8 @@ class TrainOptions:
     lir_fraction: float = 0.25  # share of each batch that is also encoded permuted
     gap_weight: float = 1.0
     gap_detach: bool = False  # the gap head reads the embedding without steering it (the accuracy ranking alone does)
+    layer_drop: float = 0.0  # chance each middle depth level is left out of a training step (depth augmentation)
+    kind_drop: float = 0.0  # chance each layer's kind is shown as `other` in a training step (type augmentation)
     max_train: int | None = None  # subsample the train split (CPU budgets)
     max_eval: int | None = None  # subsample the val split used for model selection and calibration
     seed: int = 0
@@ -205,7 +207,9 @@ def fit_member(
             for s in range(steps):
                 idx = order[s * opts.batch_size : (s + 1) * opts.batch_size]
                 batch = [train_set[i] for i in idx]
-                out = model(pack([sample_chunks(e.layers, opts.train_chunks, gen) for e in batch]).to(opts.device))
+                views = [sample_chunks(hide_kinds(drop_layers(e.layers, opts.layer_drop, gen), opts.kind_drop, gen),
+                                       opts.train_chunks, gen) for e in batch]
+                out = model(pack(views).to(opts.device))
                 target = y[idx].to(opts.device)
                 loss = F.binary_cross_entropy_with_logits(out.logit, target)
                 if opts.rank_weight > 0:
