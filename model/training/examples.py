@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal, TypedDict
 
@@ -59,7 +59,7 @@ def drop_layers(layers: list[ChunkedLayer], p: float, gen: torch.Generator) -> l
     if not drop:
         return layers
     rank = {lv: i for i, lv in enumerate(lv for lv in levels if lv not in drop)}
-    return [ChunkedLayer(la.name, la.kind, rank[la.level], la.parts) for la in layers if la.level not in drop]
+    return [replace(la, level=rank[la.level]) for la in layers if la.level not in drop]
 
 
 def hide_kinds(layers: list[ChunkedLayer], p: float, gen: torch.Generator) -> list[ChunkedLayer]:
@@ -68,8 +68,7 @@ def hide_kinds(layers: list[ChunkedLayer], p: float, gen: torch.Generator) -> li
     if p <= 0:
         return layers
     hide = torch.rand(len(layers), generator=gen).tolist()
-    return [ChunkedLayer(la.name, LayerKind.OTHER, la.level, la.parts) if u < p else la
-            for la, u in zip(layers, hide, strict=True)]
+    return [replace(la, kind=LayerKind.OTHER) if u < p else la for la, u in zip(layers, hide, strict=True)]
 
 
 @dataclass
