@@ -1,6 +1,8 @@
 """The SNE configuration: one object, with the paper's sizes (Table 7) and a small CPU-trainable one."""
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
@@ -21,6 +23,9 @@ class SNEConfig(BaseModel):
     head_hidden: int = Field(1000, ge=1, description="width of the predictor MLP (Table 8: 1000)")
     use_chunks: bool = Field(True, description="encode the weights chunk by chunk (the SNE part vector)")
     use_stats: bool = Field(True, description="add a learned projection of each part's exact statistics")
+    stats_view: Literal["raw", "relative"] = Field(
+        "raw", description="statistics as computed, or with the part's shape divided out (model.stats.relative_view)"
+    )
     members: int = Field(1, ge=1, description="SNEs trained from different seeds whose logits are averaged")
     slice_tokens: int = Field(
         32768, ge=64, description="set elements per attention call: bounds memory and keeps CPU work in cache"

@@ -23,7 +23,7 @@ from torch import nn
 from model.blocks import SetStack, segment_apply, sinusoid
 from model.config import SNEConfig
 from model.packing import PackedBatch
-from model.stats import N_STATS
+from model.stats import N_STATS, relative_view
 
 STATS_CLAMP = 8.0  # standardised statistics are clipped to +-this: far-off checkpoints stay finite
 
@@ -71,10 +71,15 @@ class SNE(nn.Module):
         )  # Table 8; the sigmoid is applied by SNEOutput.accuracy / BCE-with-logits
         self.gap_head = nn.Sequential(nn.Linear(cfg.encoding, hh), nn.ReLU(), nn.Linear(hh, 1))
 
+    def view_stats(self, part_stats: torch.Tensor) -> torch.Tensor:
+        """The statistics as this model reads them (`cfg.stats_view`), before standardising."""
+        return relative_view(part_stats) if self.cfg.stats_view == "relative" else part_stats
+
     @torch.no_grad()
     def fit_stats(self, part_stats: torch.Tensor) -> None:
         """Standardise statistics with the moments of the training parts `[P, N_STATS]` (saved as buffers)."""
         if self.cfg.use_stats:
+            part_stats = self.view_stats(part_stats)
             self.stats_shift.copy_(part_stats.mean(0))
             self.stats_scale.copy_(part_stats.std(0).clamp_min(1e-3))
 
@@ -95,7 +100,7 @@ class SNE(nn.Module):
                 lambda x, m, _: self.part_encoder(x, m), chunks, batch.part_start, batch.part_len, self.cfg.slice_tokens
             )  # [P, h]
         if self.cfg.use_stats:
-            z = ((batch.part_stats - self.stats_shift) / self.stats_scale).clamp(-STATS_CLAMP, STATS_CLAMP)  # [P, S]
+            z = ((self.view_stats(batch.part_stats) - self.stats_shift) / self.stats_scale).clamp(-STATS_CLAMP, STATS_CLAMP)  # [P, S]
             token = token + self.stats_proj(torch.cat([z, batch.part_depth[:, None]], -1))  # [P, h]
         return token
 

@@ -57,6 +57,34 @@ STAT_NAMES: tuple[str, ...] = (
     "kernel_corr_h",
 )
 N_STATS = len(STAT_NAMES)
+_I = {name: i for i, name in enumerate(STAT_NAMES)}
+SHAPE_STATS = ("log_fan_in", "log_fan_out", "log_numel")  # the part's size itself, 0 in the relative view
+
+
+def relative_view(stats: torch.Tensor) -> torch.Tensor:
+    """`[..., N_STATS]` statistics with the part's shape divided out (`SNEConfig.stats_view="relative"`).
+
+    A model trained on one family sees few layer shapes, so size-dependent statistics of another family fall
+    outside its training range: a weight's std grows as 1/sqrt(fan_in) shrinks, a random matrix's spectral norm
+    as sqrt(fan_in) + sqrt(fan_out). Here the scales are in units of the 1/sqrt(fan_in) initialisation scale,
+    the spectral norm in units of a random matrix's with the part's std and shape, the stable rank as a share
+    of full rank, and the sizes themselves are left out; the Frobenius norm becomes the norm per output unit. A vector (fan-in
+    1) keeps its std and RMS.
+    """
+    out = stats.clone()
+    fan_in, fan_out = stats[..., _I["log_fan_in"]], stats[..., _I["log_fan_out"]]
+    half_in = 0.5 * fan_in
+    for name in ("log_std", "log_rms"):
+        out[..., _I[name]] = stats[..., _I[name]] + half_in
+    out[..., _I["log_frobenius"]] = stats[..., _I["log_frobenius"]] - 0.5 * fan_out  # per output unit
+    matrix = stats[..., _I["log_spectral"]] != 0  # 0 for vectors (no spectral norm)
+    random_spec = stats[..., _I["log_std"]] + torch.logaddexp(half_in, 0.5 * fan_out)  # std (sqrt(m) + sqrt(n))
+    out[..., _I["log_spectral"]] = torch.where(matrix, stats[..., _I["log_spectral"]] - random_spec, 0.0)
+    full_rank = torch.minimum(fan_in, fan_out)
+    out[..., _I["log_stable_rank"]] = torch.where(matrix, stats[..., _I["log_stable_rank"]] - full_rank, 0.0)
+    for name in SHAPE_STATS:
+        out[..., _I[name]] = 0.0
+    return out
 
 
 @dataclass

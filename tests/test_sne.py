@@ -159,6 +159,28 @@ def test_fit_stats_standardises_and_travels_with_the_weights(chunked):
     assert torch.equal(fresh.stats_scale, m.stats_scale)
 
 
+def test_relative_stats_view_is_what_the_model_standardises_and_reads(chunked):
+    """With `stats_view="relative"` the shape-free statistics are fitted and read: a part's recorded size
+    (`log_numel`) no longer reaches the model, while the raw model reads it."""
+    from dataclasses import replace
+
+    from model.stats import STAT_NAMES, relative_view
+
+    torch.manual_seed(0)
+    rel = SNE(CFG.model_copy(update={"stats_view": "relative", "use_chunks": False})).eval()
+    raw = SNE(CFG.model_copy(update={"use_chunks": False})).eval()
+    raw.load_state_dict(rel.state_dict())
+    b = pack(list(chunked.values()))
+    rel.fit_stats(b.part_stats)
+    raw.fit_stats(b.part_stats)
+    assert torch.allclose(rel.stats_shift, relative_view(b.part_stats).mean(0))
+    moved = b.part_stats.clone()
+    moved[:, STAT_NAMES.index("log_numel")] += 2.0  # recorded sizes e^2 times larger
+    with torch.no_grad():
+        assert torch.equal(rel.encode_parts(b), rel.encode_parts(replace(b, part_stats=moved)))
+        assert (raw.encode_parts(b) - raw.encode_parts(replace(b, part_stats=moved))).abs().max() > 0.05
+
+
 @torch.no_grad()
 def test_small_config_embeddings_tell_same_architecture_apart():
     """Same architecture, weights of different scale (as untrained vs trained nets differ): the small config's

@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from model.stats import N_STATS, QUANTILES, STAT_NAMES, part_stats, subsample
+from model.stats import N_STATS, QUANTILES, STAT_NAMES, part_stats, relative_view, subsample
 
 
 def _named(t: torch.Tensor, **kw) -> dict[str, float]:
@@ -182,3 +182,31 @@ def test_an_outlier_overflowing_float32_is_only_a_suspect():
     t.view(-1)[_outside_subsample(t.numel())] = 1e25
     s = stats_and_scale(t)
     assert not s.finite and bool(torch.isfinite(s.stats).all())
+
+
+def test_relative_view_divides_the_shape_out():
+    """Init-scale matrices of very different shapes: raw scales differ by nats, relative ones agree."""
+    g = torch.Generator().manual_seed(0)
+    shapes = [(32, 64), (1024, 256), (16, 3, 3, 3), (64, 64, 3, 3), (2000, 16)]
+    raw, rel = [], []
+    for shape in shapes:
+        w = torch.randn(shape, generator=g) / math.sqrt(math.prod(shape[1:]))  # std 1/sqrt(fan_in)
+        s = part_stats(w)
+        raw.append(dict(zip(STAT_NAMES, s.tolist())))
+        rel.append(dict(zip(STAT_NAMES, relative_view(s).tolist())))
+    for name in ("log_std", "log_rms", "log_frobenius", "log_spectral"):
+        assert max(r[name] for r in raw) - min(r[name] for r in raw) > 0.9, name  # the shapes show
+        assert max(abs(r[name]) for r in rel) < 0.15, name  # in units of a random init of that shape
+    for r in rel:
+        assert -1.5 < r["log_stable_rank"] <= 1e-6  # a share of full rank
+        assert r["log_fan_in"] == r["log_fan_out"] == r["log_numel"] == 0.0
+
+
+def test_relative_view_keeps_a_vectors_scale():
+    v = 1.0 + 0.1 * torch.randn(500, generator=torch.Generator().manual_seed(1))
+    s = part_stats(v)
+    r = relative_view(s)
+    changed = {n for n, a, b in zip(STAT_NAMES, s.tolist(), r.tolist(), strict=True) if a != b}
+    assert changed == {"log_frobenius", "log_fan_out", "log_numel"}  # log_fan_in is 0 already
+    assert r[STAT_NAMES.index("log_frobenius")] == pytest.approx(float(s[STAT_NAMES.index("log_rms")]), abs=1e-5)
+    assert r[STAT_NAMES.index("log_spectral")] == 0.0

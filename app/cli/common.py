@@ -94,6 +94,13 @@ class OnBad(str, Enum):
     skip = "skip"
 
 
+class StatsView(str, Enum):
+    """How the encoder reads each part's statistics (model.stats.relative_view)."""
+
+    raw = "raw"
+    relative = "relative"
+
+
 class Device(str, Enum):
     cpu = "cpu"
     cuda = "cuda"

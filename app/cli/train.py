@@ -9,6 +9,7 @@ import typer
 from app.cli.common import (
     Device,
     OnBad,
+    StatsView,
     config_name,
     console,
     err,
@@ -31,6 +32,9 @@ def train_command(
         callback=config_name, help="Encoder size: tiny, small (2 CPU cores), medium (a GPU; the build script's choice there) or paper "
         "(Table 7); -stats / -chunks variants for the ablation.",
     )] = "small",
+    stats_view: Annotated[StatsView, typer.Option(
+        help="raw statistics, or relative: with each part's shape divided out (for other layer shapes than trained on).",
+    )] = StatsView.raw,
     members: Annotated[int, typer.Option(
         min=1, help="Train this many SNEs from seeds seed..seed+members-1 and average them (an ensemble).",
     )] = 1,
@@ -85,7 +89,7 @@ def train_command(
     from model.training import TrainOptions, train
 
     torch.set_num_threads(threads)
-    opts = TrainOptions(config=config, members=members, epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
+    opts = TrainOptions(config=config, stats_view=stats_view.value, members=members, epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
                         warmup=warmup, rank_weight=rank_weight, patience=patience, train_chunks=train_chunks,
                         lir_weight=lir_weight, gap_weight=gap_weight, gap_detach=gap_detach, layer_drop=layer_drop, kind_drop=kind_drop,
                         lir_fraction=lir_fraction, clip_grad=clip_grad, max_train=max_train, max_eval=max_eval, seed=seed,
