@@ -4,7 +4,8 @@ A zoo the predictor never trained on is held out as a whole, so all its checkpoi
 `sne eval` table scores only the test splits (28 checkpoints from 6 runs for each Arch2 zoo: 95 % intervals
 0.7 wide), which makes the cross-family mean noisy; this check scores the same zoos on all their checkpoints
 (2,363 instead of 357), for each predictor given and for the pooled-statistics GBM fit on the training zoo's
-train split exactly as in the table. One CPU thread: about 4 min for five predictors (mostly reading the zoos).
+train split exactly as in the table, and
+the same GBM on shape-free layer tokens (`model.evaluation.pooled.relative_tokens`). One CPU thread: about 4 min for five predictors (mostly reading the zoos).
 
     python scripts/held_out_checks.py --predictor model/predictors/default --predictor runs/digits
 """
@@ -18,7 +19,7 @@ import torch
 
 from model.evaluation.baselines import StatNN
 from model.evaluation.metrics import kendall_tau
-from model.evaluation.pooled import pooled_features
+from model.evaluation.pooled import layer_tokens, pool_tokens, relative_tokens
 from model.predictor import Predictor
 from model.training.examples import Example, load_examples, predict_examples
 
@@ -44,12 +45,22 @@ def main() -> None:
     if any(p.config.chunk_size != size for p in preds.values()):
         raise SystemExit("the predictors must share a chunk size (they are scored on the same examples)")
     train = load_examples([a.train_zoo], "train", size, a.max_train, 0, "skip")
-    gbm = StatNN(seed=0).fit(np.stack([pooled_features(e.state) for e in train]), [e.acc for e in train])
+    tokens = [layer_tokens(e.state) for e in train]
+    gbms = {  # the table's baseline, and the same on shape-free tokens (as `sne train --stats-view relative`)
+        "pooled GBM": StatNN(seed=0).fit(np.stack([pool_tokens(t) for t in tokens]), [e.acc for e in train]),
+        "pooled GBM, relative": StatNN(seed=0).fit(
+            np.stack([pool_tokens(relative_tokens(t)) for t in tokens]), [e.acc for e in train]
+        ),
+    }
     taus: dict[str, dict[str, dict[str, float]]] = {"test split": {}, "every checkpoint": {}}
     for name in HELD_OUT:
         exs, is_test = every_split(a.zoos / name, size)
         scores = {p: predict_examples(m.model, exs)["acc"] for p, m in preds.items()}
-        scores["pooled GBM"] = gbm.predict(np.stack([pooled_features(e.state) for e in exs]))
+        held_tokens = [layer_tokens(e.state) for e in exs]
+        scores["pooled GBM"] = gbms["pooled GBM"].predict(np.stack([pool_tokens(t) for t in held_tokens]))
+        scores["pooled GBM, relative"] = gbms["pooled GBM, relative"].predict(
+            np.stack([pool_tokens(relative_tokens(t)) for t in held_tokens])
+        )
         y = np.array([e.acc for e in exs])
         for view, sel in (("test split", is_test), ("every checkpoint", np.ones_like(is_test))):
             taus[view][name] = {m: kendall_tau(s[sel], y[sel]) for m, s in scores.items()}

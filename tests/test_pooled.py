@@ -7,7 +7,7 @@ from torch import nn
 
 from model.evaluation.baselines import baseline_predictions
 from model.evaluation.metrics import kendall_tau
-from model.evaluation.pooled import N_POOLED, pooled_features
+from model.evaluation.pooled import N_POOLED, TOKEN_NAMES, layer_tokens, pool_tokens, pooled_features, relative_tokens
 from tests.nets import BUILDERS, state
 
 
@@ -45,3 +45,25 @@ def test_mixed_widths_rank_with_pooled_and_are_na_for_fixed_arch_baselines():
     one_arch = [_mlp(16, float(s), i) for i, s in enumerate(scales[:30])]
     same = baseline_predictions(one_arch[:24], y[:24], one_arch[24:])
     assert all(same[m] is not None and same[m].shape == (6,) for m in ("pooled", "statnn", "mlp"))
+
+
+def test_relative_tokens_divide_the_shape_out():
+    """Init-scale MLPs of widths 8 and 512: raw weight stds differ by log(64)/2 nats, relative ones do not."""
+    toks = {}
+    for width in (8, 512):
+        torch.manual_seed(0)
+        net = nn.Sequential(nn.Linear(width, width), nn.ReLU(), nn.Linear(width, 4))
+        with torch.no_grad():
+            for m in net:
+                if isinstance(m, nn.Linear):
+                    m.weight.normal_(0.0, m.in_features**-0.5)
+        toks[width] = layer_tokens(state(net))
+    i = {n: k for k, n in enumerate(TOKEN_NAMES)}
+    raw = toks[512][0, i["w_log_std"]] - toks[8][0, i["w_log_std"]]
+    assert abs(raw + 0.5 * np.log(64)) < 0.1
+    rel = {w: relative_tokens(t) for w, t in toks.items()}
+    assert abs(rel[512][0, i["w_log_std"]] - rel[8][0, i["w_log_std"]]) < 0.1
+    assert np.all(rel[512][:, [i["log_fan_in"], i["log_fan_out"]]] == 0)
+    assert 0 < rel[512][0, i["w_stable_rank"]] <= 1  # a share of full rank
+    s = state(net)
+    assert np.array_equal(pooled_features(s, relative=True), pool_tokens(relative_tokens(layer_tokens(s))), equal_nan=True)

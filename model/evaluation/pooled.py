@@ -17,7 +17,7 @@ import torch
 
 from model.checkpoint import LayerKind, checkpoint_from_tensors
 
-__all__ = ["N_POOLED", "TOKEN_NAMES", "layer_tokens", "pooled_features"]
+__all__ = ["N_POOLED", "TOKEN_NAMES", "layer_tokens", "pool_tokens", "pooled_features", "relative_tokens"]
 
 _Q = torch.tensor([0.05, 0.25, 0.5, 0.75, 0.95], dtype=torch.float64)
 _PART = ("log_std", "mean_over_std", "q05", "q25", "q50", "q75", "q95", "kurtosis")
@@ -72,9 +72,30 @@ def layer_tokens(state: Mapping[str, torch.Tensor]) -> np.ndarray:
     return np.asarray(rows, dtype=np.float64)
 
 
-def pooled_features(state: Mapping[str, torch.Tensor]) -> np.ndarray:
-    """First token, last token, mean and max over the middle tokens (NaN when there are none), layer count."""
+def relative_tokens(tok: np.ndarray) -> np.ndarray:
+    """Layer tokens with the layer's shape divided out, as `model.stats.relative_view` does for SNE: the weight's
+    std in units of 1/sqrt(fan_in), its spectral norm in units of a random matrix's of that std and shape, the
+    stable rank as a share of full rank, fan-in and fan-out left out (set to 0)."""
+    out = tok.copy()
+    i = {n: k for k, n in enumerate(TOKEN_NAMES)}
+    fan_in, fan_out = tok[:, i["log_fan_in"]], tok[:, i["log_fan_out"]]
+    out[:, i["w_log_std"]] = tok[:, i["w_log_std"]] + 0.5 * fan_in
+    out[:, i["w_log_spectral"]] = tok[:, i["w_log_spectral"]] - tok[:, i["w_log_std"]] - np.logaddexp(0.5 * fan_in, 0.5 * fan_out)
+    rank = np.minimum(np.minimum(fan_in, fan_out), np.log(512))  # `_spectral` reads at most a 512 x 512 block
+    out[:, i["w_stable_rank"]] = tok[:, i["w_stable_rank"]] / np.exp(rank)
+    out[:, [i["log_fan_in"], i["log_fan_out"]]] = 0.0
+    return out
+
+
+def pooled_features(state: Mapping[str, torch.Tensor], relative: bool = False) -> np.ndarray:
+    """First token, last token, mean and max over the middle tokens (NaN when there are none), layer count;
+    with `relative`, of the shape-free tokens (`relative_tokens`)."""
     tok = layer_tokens(state)
+    return pool_tokens(relative_tokens(tok) if relative else tok)
+
+
+def pool_tokens(tok: np.ndarray) -> np.ndarray:
+    """`pooled_features` of precomputed layer tokens `[n_layers, len(TOKEN_NAMES)]`."""
     middle = tok[1:-1]
     with warnings.catch_warnings():  # all-NaN columns (no bias anywhere) stay NaN: missing for the trees
         warnings.simplefilter("ignore", RuntimeWarning)
