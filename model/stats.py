@@ -68,8 +68,8 @@ def relative_view(stats: torch.Tensor) -> torch.Tensor:
     outside its training range: a weight's std grows as 1/sqrt(fan_in) shrinks, a random matrix's spectral norm
     as sqrt(fan_in) + sqrt(fan_out). Here the scales are in units of the 1/sqrt(fan_in) initialisation scale,
     the spectral norm in units of a random matrix's with the part's std and shape, the stable rank as a share
-    of full rank, and the sizes themselves are left out; the Frobenius norm becomes the norm per output unit. A vector (fan-in
-    1) keeps its std and RMS.
+    of full rank, the Frobenius norm per output unit, and the sizes themselves are left out. A vector (fan-in 1)
+    keeps its std and RMS.
     """
     out = stats.clone()
     fan_in, fan_out = stats[..., _I["log_fan_in"]], stats[..., _I["log_fan_out"]]

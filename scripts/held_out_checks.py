@@ -4,8 +4,9 @@ A zoo the predictor never trained on is held out as a whole, so all its checkpoi
 `sne eval` table scores only the test splits (28 checkpoints from 6 runs for each Arch2 zoo: 95 % intervals
 0.7 wide), which makes the cross-family mean noisy; this check scores the same zoos on all their checkpoints
 (2,363 instead of 357), for each predictor given and for the pooled-statistics GBM fit on the training zoo's
-train split exactly as in the table, and
-the same GBM on shape-free layer tokens (`model.evaluation.pooled.relative_tokens`). One CPU thread: about 4 min for five predictors (mostly reading the zoos).
+train split exactly as in the table, and the same GBM on shape-free layer tokens
+(`model.evaluation.pooled.relative_tokens`). One CPU thread: about 4 min for five predictors (mostly reading
+the zoos).
 
     python scripts/held_out_checks.py --predictor model/predictors/default --predictor runs/digits
 """

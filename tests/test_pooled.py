@@ -66,4 +66,4 @@ def test_relative_tokens_divide_the_shape_out():
     assert np.all(rel[512][:, [i["log_fan_in"], i["log_fan_out"]]] == 0)
     assert 0 < rel[512][0, i["w_stable_rank"]] <= 1  # a share of full rank
     s = state(net)
-    assert np.array_equal(pooled_features(s, relative=True), pool_tokens(relative_tokens(layer_tokens(s))), equal_nan=True)
+    assert np.array_equal(pooled_features(s), pool_tokens(layer_tokens(s)), equal_nan=True)

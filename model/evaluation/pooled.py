@@ -87,15 +87,13 @@ def relative_tokens(tok: np.ndarray) -> np.ndarray:
     return out
 
 
-def pooled_features(state: Mapping[str, torch.Tensor], relative: bool = False) -> np.ndarray:
-    """First token, last token, mean and max over the middle tokens (NaN when there are none), layer count;
-    with `relative`, of the shape-free tokens (`relative_tokens`)."""
-    tok = layer_tokens(state)
-    return pool_tokens(relative_tokens(tok) if relative else tok)
+def pooled_features(state: Mapping[str, torch.Tensor]) -> np.ndarray:
+    """First token, last token, mean and max over the middle tokens (NaN when there are none), layer count."""
+    return pool_tokens(layer_tokens(state))
 
 
 def pool_tokens(tok: np.ndarray) -> np.ndarray:
-    """`pooled_features` of precomputed layer tokens `[n_layers, len(TOKEN_NAMES)]`."""
+    """`pooled_features` of precomputed layer tokens `[n_layers, len(TOKEN_NAMES)]` (raw or `relative_tokens`)."""
     middle = tok[1:-1]
     with warnings.catch_warnings():  # all-NaN columns (no bias anywhere) stay NaN: missing for the trees
         warnings.simplefilter("ignore", RuntimeWarning)
