@@ -26,6 +26,10 @@ class SNEConfig(BaseModel):
     stats_view: Literal["raw", "relative"] = Field(
         "raw", description="statistics as computed, or with the part's shape divided out (model.stats.relative_view)"
     )
+    stats_encoding: Literal["standard", "ple"] = Field(
+        "standard", description="statistics standardised (mean/std), or piecewise-linear over training quantile bins"
+    )
+    stats_bins: int = Field(16, ge=2, description="quantile bins per statistic for stats_encoding='ple'")
     members: int = Field(1, ge=1, description="SNEs trained from different seeds whose logits are averaged")
     slice_tokens: int = Field(
         32768, ge=64, description="set elements per attention call: bounds memory and keeps CPU work in cache"

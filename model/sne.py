@@ -50,6 +50,7 @@ class SNE(nn.Module):
 
     stats_shift: torch.Tensor  # [N_STATS] buffers, set by fit_stats
     stats_scale: torch.Tensor
+    stats_edges: torch.Tensor  # [N_STATS, bins + 1] with stats_encoding="ple"
 
     def __init__(self, cfg: SNEConfig) -> None:
         super().__init__()
@@ -59,10 +60,14 @@ class SNE(nn.Module):
             self.chunk_encoder = SetStack(1, h, h, cfg.sab_blocks, nh, ln)
             self.part_encoder = SetStack(h, h, h, cfg.isab_blocks, nh, ln, inducing=cfg.inducing)
         if cfg.use_stats:
-            # statistics + relative depth -> part token; standardised with the training set's moments
-            self.stats_proj = nn.Sequential(nn.Linear(N_STATS + 1, h), nn.ReLU(), nn.Linear(h, h))
+            # statistics + relative depth -> part token; standardised with the training set's moments, or
+            # piecewise-linear over its quantile bins (each statistic -> `stats_bins` numbers in [0, 1])
+            n_in = N_STATS * (cfg.stats_bins if cfg.stats_encoding == "ple" else 1)
+            self.stats_proj = nn.Sequential(nn.Linear(n_in + 1, h), nn.ReLU(), nn.Linear(h, h))
             self.register_buffer("stats_shift", torch.zeros(N_STATS))
             self.register_buffer("stats_scale", torch.ones(N_STATS))
+            if cfg.stats_encoding == "ple":
+                self.register_buffer("stats_edges", torch.linspace(-1, 1, cfg.stats_bins + 1).repeat(N_STATS, 1))
         self.layer_encoder = SetStack(h, h, h, cfg.sab_blocks, nh, ln)
         self.network_encoder = SetStack(h, h, cfg.encoding, cfg.sab_blocks, nh, ln)
         hh = cfg.head_hidden
@@ -82,6 +87,23 @@ class SNE(nn.Module):
             part_stats = self.view_stats(part_stats)
             self.stats_shift.copy_(part_stats.mean(0))
             self.stats_scale.copy_(part_stats.std(0).clamp_min(1e-3))
+            if self.cfg.stats_encoding == "ple":
+                q = torch.linspace(0, 1, self.cfg.stats_bins + 1, dtype=torch.float64)
+                self.stats_edges.copy_(torch.quantile(part_stats.double(), q, dim=0).T)  # [S, bins + 1]
+
+    def stats_features(self, part_stats: torch.Tensor) -> torch.Tensor:
+        """`[P, S]` standardised statistics, or `[P, S * bins]` piecewise-linear codes (`stats_encoding`).
+
+        A code is each bin's filled share: 1 below the value, 0 above it, the fraction in its own bin
+        (Gorishniy et al. 2022, "On Embeddings for Numerical Features"). Trees are blind to a statistic's
+        scale and skew; this gives the network the same view, and values beyond the training range saturate.
+        """
+        x = self.view_stats(part_stats)
+        if self.cfg.stats_encoding != "ple":
+            return ((x - self.stats_shift) / self.stats_scale).clamp(-STATS_CLAMP, STATS_CLAMP)
+        lo, hi, x = self.stats_edges[:, :-1], self.stats_edges[:, 1:], x[:, :, None]
+        ramp = ((x - lo) / (hi - lo).clamp_min(1e-12)).clamp(0.0, 1.0)
+        return torch.where(hi > lo, ramp, (x >= hi).to(ramp.dtype)).flatten(1)  # [P, S * bins]; tied edges: steps
 
     def encode_chunks(self, batch: PackedBatch) -> torch.Tensor:
         """Chunk vectors `[N, hidden]`: each chunk is a set of its real values (exact-length groups, no padding)."""
@@ -100,7 +122,7 @@ class SNE(nn.Module):
                 lambda x, m, _: self.part_encoder(x, m), chunks, batch.part_start, batch.part_len, self.cfg.slice_tokens
             )  # [P, h]
         if self.cfg.use_stats:
-            z = ((self.view_stats(batch.part_stats) - self.stats_shift) / self.stats_scale).clamp(-STATS_CLAMP, STATS_CLAMP)  # [P, S]
+            z = self.stats_features(batch.part_stats)  # [P, S] or [P, S * bins]
             token = token + self.stats_proj(torch.cat([z, batch.part_depth[:, None]], -1))  # [P, h]
         return token
 

@@ -181,6 +181,37 @@ def test_relative_stats_view_is_what_the_model_standardises_and_reads(chunked):
         assert (raw.encode_parts(b) - raw.encode_parts(replace(b, part_stats=moved))).abs().max() > 0.05
 
 
+def test_ple_stats_encoding_codes_each_statistic_by_its_training_quantiles(chunked):
+    """`stats_encoding="ple"`: edges are the fitted quantiles (monotone, saved with the weights); each
+    statistic becomes `stats_bins` codes in [0, 1] whose sum locates it among the training parts, so a value
+    above every training value saturates at all-ones instead of extrapolating."""
+    ple_cfg = CFG.model_copy(update={"stats_encoding": "ple", "stats_bins": 8})
+    torch.manual_seed(0)
+    m = SNE(ple_cfg)
+    b = pack(list(chunked.values()))
+    m.fit_stats(b.part_stats)
+    assert (m.stats_edges[:, 1:] >= m.stats_edges[:, :-1]).all()
+    assert torch.allclose(m.stats_edges[:, 0], m.view_stats(b.part_stats).min(0).values)
+    codes = m.stats_features(b.part_stats)
+    n_parts, n_stats = b.part_stats.shape
+    assert codes.shape == (n_parts, n_stats * 8) and codes.min() >= 0 and codes.max() <= 1
+    per_stat = codes.view(n_parts, n_stats, 8).sum(-1)  # ~ bins below the value: its rank among training parts
+    spread = m.stats_edges[:, -1] > m.stats_edges[:, 0]
+    x = m.view_stats(b.part_stats)
+    for j in spread.nonzero().flatten().tolist():  # order-preserving, all bins filled at the maximum
+        assert (per_stat[x[:, j].argsort(), j].diff() >= -1e-5).all()
+        assert per_stat[:, j].max() > 8 - 1e-5 and per_stat[:, j].min() < 8 - 1
+    assert m.stats_features(b.part_stats - 1e6).abs().max() == 0  # below every training value: no bin filled
+    huge = m.stats_features(b.part_stats + 1e6).view(n_parts, n_stats, 8)
+    assert torch.equal(huge[:, spread], torch.ones_like(huge[:, spread]))
+    fresh = SNE(ple_cfg)
+    fresh.load_state_dict(m.state_dict())
+    assert torch.equal(fresh.stats_edges, m.stats_edges)
+    out = m(b)
+    out.logit.sum().backward()
+    assert m.stats_proj[0].weight.grad is not None and m.stats_proj[0].weight.grad.abs().sum() > 0
+
+
 @torch.no_grad()
 def test_small_config_embeddings_tell_same_architecture_apart():
     """Same architecture, weights of different scale (as untrained vs trained nets differ): the small config's

@@ -94,6 +94,13 @@ class OnBad(str, Enum):
     skip = "skip"
 
 
+class StatsEncoding(str, Enum):
+    """How the encoder turns each statistic into numbers (model.sne.SNE.stats_features)."""
+
+    standard = "standard"
+    ple = "ple"
+
+
 class StatsView(str, Enum):
     """How the encoder reads each part's statistics (model.stats.relative_view)."""
 

@@ -9,6 +9,7 @@ import typer
 from app.cli.common import (
     Device,
     OnBad,
+    StatsEncoding,
     StatsView,
     config_name,
     console,
@@ -35,6 +36,10 @@ def train_command(
     stats_view: Annotated[StatsView, typer.Option(
         help="raw statistics, or relative: with each part's shape divided out (for other layer shapes than trained on).",
     )] = StatsView.raw,
+    stats_encoding: Annotated[StatsEncoding, typer.Option(
+        help="standard: statistics standardised by the training set's mean/std; ple: piecewise-linear codes over its "
+        "quantile bins.",
+    )] = StatsEncoding.standard,
     members: Annotated[int, typer.Option(
         min=1, help="Train this many SNEs from seeds seed..seed+members-1 and average them (an ensemble).",
     )] = 1,
@@ -89,7 +94,7 @@ def train_command(
     from model.training import TrainOptions, train
 
     torch.set_num_threads(threads)
-    opts = TrainOptions(config=config, stats_view=stats_view.value, members=members, epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
+    opts = TrainOptions(config=config, stats_view=stats_view.value, stats_encoding=stats_encoding.value, members=members, epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
                         warmup=warmup, rank_weight=rank_weight, patience=patience, train_chunks=train_chunks,
                         lir_weight=lir_weight, gap_weight=gap_weight, gap_detach=gap_detach, layer_drop=layer_drop, kind_drop=kind_drop,
                         lir_fraction=lir_fraction, clip_grad=clip_grad, max_train=max_train, max_eval=max_eval, seed=seed,

@@ -59,6 +59,7 @@ class TrainOptions:
 
     config: str = "small"
     stats_view: str = "raw"  # the config's statistics view: raw, or relative (model.stats.relative_view)
+    stats_encoding: str = "standard"  # standard (mean/std), or ple: piecewise-linear over quantile bins
     members: int = 1  # SNEs trained from seeds seed..seed+members-1, averaged (model.sne.SNEEnsemble)
     epochs: int = 12
     batch_size: int = 16
@@ -150,7 +151,9 @@ def train(
     t0 = time.time()
     zoo_dirs = [Path(z).resolve() for z in sources]
     opts = requested = check_resume(out_dir / "resume", opts, resume)
-    cfg = get_config(opts.config).model_copy(update={"members": opts.members, "stats_view": opts.stats_view})
+    cfg = get_config(opts.config).model_copy(update={
+        "members": opts.members, "stats_view": opts.stats_view, "stats_encoding": opts.stats_encoding,
+    })
     random.seed(opts.seed)
     tr = load_split(zoo_dirs, "train", cfg.chunk_size, opts.max_train, opts.seed, opts.on_bad_checkpoint, progress)
     va = load_split(zoo_dirs, "val", cfg.chunk_size, opts.max_eval, opts.seed, opts.on_bad_checkpoint, progress)
