@@ -22,28 +22,18 @@ from held_out_checks import HELD_OUT, every_split
 
 from model.evaluation.baselines import StatNN
 from model.evaluation.metrics import conformal_quantile, coverage, interval, kendall_tau, mean_width
-from model.evaluation.pooled import layer_tokens, pool_tokens
+from model.evaluation.pooled import layer_tokens, pool_tokens, sne_stat_tokens
 from model.predictor import Predictor
-from model.stats import N_STATS
 from model.training.examples import Example, load_examples, predict_examples
 
 WEIGHTS = tuple(round(0.1 * k, 1) for k in range(1, 10))
-
-
-def sne_stat_tokens(e: Example) -> np.ndarray:
-    """`[n_layers, 2 * N_STATS]`: each layer's first two parts' statistics (weight, bias; zeros if absent)."""
-    rows = []
-    for layer in e.layers:
-        parts = [ch.stats.numpy() for _, ch in layer.parts][:2]
-        rows.append(np.concatenate(parts + [np.zeros(N_STATS, dtype=np.float32)] * (2 - len(parts))))
-    return np.stack(rows)
 
 
 def features(pred: Predictor, exs: list[Example]) -> dict[str, np.ndarray]:
     return {
         "sne": predict_examples(pred.model, exs)["acc"],
         "pooled": np.stack([pool_tokens(layer_tokens(e.state)) for e in exs]),
-        "sne stats": np.stack([pool_tokens(sne_stat_tokens(e)) for e in exs]),
+        "sne stats": np.stack([pool_tokens(sne_stat_tokens(e.layers)) for e in exs]),
         "y": np.array([e.acc for e in exs]),
     }
 

@@ -61,7 +61,7 @@ def test_end_to_end(zoos, tmp_path):
     update_card(tmp_path / "run", results)
     loaded = Predictor.load(tmp_path / "run")
     assert set(loaded.card.metrics.kendall_tau) == {"in_distribution", "cross_dataset", "cross_arch"}
-    assert set(loaded.card.metrics.kendall_tau["in_distribution"]) == {"sne", "sne_chunks", "sne_stats", "statset", "pooled", "statnn", "mlp"}
+    assert set(loaded.card.metrics.kendall_tau["in_distribution"]) == {"sne", "sne_chunks", "sne_stats", "statset", "pooled", "pooled_sne", "statnn", "mlp"}
     assert loaded.card.metrics.kendall_tau["in_distribution"]["statset"] is not None  # the evaluation table ran
     assert tau["in_distribution"]["pooled"] is not None and tau["cross_arch"]["pooled"] is not None  # any arch
 

@@ -7,7 +7,15 @@ from torch import nn
 
 from model.evaluation.baselines import baseline_predictions
 from model.evaluation.metrics import kendall_tau
-from model.evaluation.pooled import N_POOLED, TOKEN_NAMES, layer_tokens, pool_tokens, pooled_features, relative_tokens
+from model.evaluation.pooled import (
+    N_POOLED,
+    TOKEN_NAMES,
+    layer_tokens,
+    pool_tokens,
+    pooled_features,
+    relative_tokens,
+    sne_stat_tokens,
+)
 from tests.nets import BUILDERS, state
 
 
@@ -67,3 +75,22 @@ def test_relative_tokens_divide_the_shape_out():
     assert 0 < rel[512][0, i["w_stable_rank"]] <= 1  # a share of full rank
     s = state(net)
     assert np.array_equal(pooled_features(s), pool_tokens(layer_tokens(s)), equal_nan=True)
+
+
+def test_sne_stat_tokens_are_each_layers_weight_and_bias_statistics():
+    """The `pooled_sne` baseline reads exactly the statistics SNE reads: weight then bias, zeros without a bias."""
+    from model.checkpoint import load_checkpoint
+    from model.chunking import chunk_checkpoint
+    from model.stats import N_STATS
+    from tests.nets import checkpoint_bytes
+
+    layers = chunk_checkpoint(load_checkpoint(checkpoint_bytes("resnet", seed=0)), 16)
+    tok = sne_stat_tokens(layers)
+    assert tok.shape == (len(layers), 2 * N_STATS)
+    for row, layer in zip(tok, layers, strict=True):
+        assert np.allclose(row[:N_STATS], layer.parts[0][1].stats.double().numpy())
+        if len(layer.parts) > 1:
+            assert np.allclose(row[N_STATS:], layer.parts[1][1].stats.double().numpy())
+        else:
+            assert not row[N_STATS:].any()
+    assert pool_tokens(tok).shape == (4 * 2 * N_STATS + 1,)

@@ -53,10 +53,10 @@ def test_table_shape_kinds_and_card_keys(tiny_run: tuple[dict, Path, Path]) -> N
     kinds = [r["kind"] for r in results["pairs"]]
     assert kinds == ["in_distribution", "cross_arch"]
     ind, cross = results["kendall_tau"]["in_distribution"], results["kendall_tau"]["cross_arch"]
-    assert all(ind[m] is not None for m in ("sne", "statset", "pooled", "statnn", "mlp"))
+    assert all(ind[m] is not None for m in ("sne", "statset", "pooled", "pooled_sne", "statnn", "mlp"))
     assert ind["sne_chunks"] is None and ind["sne_stats"] is None  # no one-path predictor given
     assert cross["statnn"] is None and cross["mlp"] is None  # fixed-architecture baselines: n/a, not a crash
-    assert cross["pooled"] is not None and cross["statset"] is not None
+    assert cross["pooled"] is not None and cross["statset"] is not None and cross["pooled_sne"] is not None
     assert results["kendall_tau"]["cross_dataset"]["sne"] is None  # no such pair
     on_disk = json.loads((out / "table.json").read_text())
     assert on_disk["kendall_tau"] == results["kendall_tau"]

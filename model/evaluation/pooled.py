@@ -10,14 +10,18 @@ SNE earns its place only by beating this (issue 9).
 from __future__ import annotations
 
 import warnings
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import torch
 
 from model.checkpoint import LayerKind, checkpoint_from_tensors
+from model.chunking import ChunkedLayer
+from model.stats import N_STATS
 
-__all__ = ["N_POOLED", "TOKEN_NAMES", "layer_tokens", "pool_tokens", "pooled_features", "relative_tokens"]
+__all__ = [
+    "N_POOLED", "TOKEN_NAMES", "layer_tokens", "pool_tokens", "pooled_features", "relative_tokens", "sne_stat_tokens",
+]
 
 _Q = torch.tensor([0.05, 0.25, 0.5, 0.75, 0.95], dtype=torch.float64)
 _PART = ("log_std", "mean_over_std", "q05", "q25", "q50", "q75", "q95", "kurtosis")
@@ -100,3 +104,14 @@ def pool_tokens(tok: np.ndarray) -> np.ndarray:
         mean = np.nanmean(middle, 0) if len(middle) else np.full(tok.shape[1], np.nan)
         mx = np.nanmax(middle, 0) if len(middle) else np.full(tok.shape[1], np.nan)
     return np.concatenate([tok[0], tok[-1], mean, mx, [float(len(tok))]])
+
+
+def sne_stat_tokens(layers: Sequence[ChunkedLayer]) -> np.ndarray:
+    """`[n_layers, 2 * N_STATS]`: SNE's own statistics of each layer's first two parts (weight, bias; zeros if
+    absent), the numbers the encoder reads. Pooled by `pool_tokens`, they make the strongest in-distribution
+    baseline found so far (the table's ``pooled_sne``): a GBM over exactly what SNE sees."""
+    rows = []
+    for layer in layers:
+        parts = [ch.stats.double().numpy() for _, ch in layer.parts][:2]
+        rows.append(np.concatenate(parts + [np.zeros(N_STATS)] * (2 - len(parts))))
+    return np.stack(rows)

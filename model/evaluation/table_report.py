@@ -5,7 +5,7 @@ from typing import Any
 
 NAMES = {
     "sne": "SNE", "sne_chunks": "SNE chunks-only", "sne_stats": "SNE stats-only", "statset": "stats set model",
-    "pooled": "pooled-stats GBM", "statnn": "STATNN", "mlp": "MLP",
+    "pooled": "pooled-stats GBM", "pooled_sne": "SNE-stats GBM", "statnn": "STATNN", "mlp": "MLP",
 }
 
 
