@@ -7,7 +7,7 @@ computes while it reads a checkpoint), picks each blend's weight w on the valida
 (1 - w) * GBM, w in 0.1..0.9), and reports the test split of the training zoo (in-distribution), of the
 cross-dataset zoo, and every checkpoint of the held-out zoos (cross-family), plus the split-conformal 90 %
 interval of each blend (calibrated on the validation split, like the card's plain interval). One CPU thread,
-about 4 min.
+about 2 to 4 min.
 
     python scripts/blend_checks.py --predictor model/predictors/default
 """
