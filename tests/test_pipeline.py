@@ -1,5 +1,6 @@
 """A tiny zoo generated, SNE trained (with LIR) and evaluated end to end, as `sne zoo/train/eval` do."""
 import json
+from dataclasses import replace
 
 import pytest
 import torch
@@ -25,6 +26,26 @@ def zoos(tmp_path_factory):
     generate_zoo(a, arch="arch1", dataset="digits", n_runs=24, seed=0, save_epochs=(0, 1, 3), group_size=30, progress=False)
     generate_zoo(b, arch="arch2", dataset="digits", n_runs=8, seed=0, save_epochs=(0, 1), group_size=8, progress=False)
     return a, b
+
+
+def test_a_member_kept_at_a_constant_is_retrained_from_another_seed(zoos, tmp_path):
+    """`collapse_retries`: a member whose kept epoch predicts a constant is trained again from seed + 1000; the
+    card says so, and the retrained member is exactly the one a run from that seed trains."""
+    import importlib
+
+    loop = importlib.import_module("model.training.train")
+
+    a, _ = zoos
+    opts = TrainOptions(config="tiny", epochs=2, batch_size=16, lr=3e-3, lir_weight=0.0, seed=0, collapse_retries=1)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(loop, "COLLAPSE_STD", float("inf"))  # every epoch counts as a constant: the retry always runs
+        retried = train([a], tmp_path / "retried", opts, progress=False)
+    card = json.loads((tmp_path / "retried" / "card.json").read_text())["training"]
+    assert card["collapse_restarts"] == [1] and card["member_seeds"] == [1000]
+    assert (tmp_path / "retried" / "resume-retry1").is_dir()  # the retry keeps its own resumable state
+    direct = train([a], tmp_path / "direct", replace(opts, seed=1000), progress=False)
+    assert json.loads((tmp_path / "direct" / "card.json").read_text())["training"]["collapse_restarts"] == [0]
+    assert retried.version == direct.version  # the same weights, bit for bit
 
 
 def test_end_to_end(zoos, tmp_path):

@@ -43,6 +43,9 @@ def train_command(
     members: Annotated[int, typer.Option(
         min=1, help="Train this many SNEs from seeds seed..seed+members-1 and average them (an ensemble).",
     )] = 1,
+    collapse_retries: Annotated[int, typer.Option(
+        min=0, help="Retrain a member whose kept epoch predicts a constant, from seed + 1000 (then + 2000, ...).",
+    )] = 2,
     epochs: Annotated[int, typer.Option(min=1)] = 12,
     batch_size: Annotated[int, typer.Option(min=1, help="Checkpoints per step.")] = 16,
     lr: Annotated[float, typer.Option(min=0.0, help="Peak AdamW learning rate (linear warm-up, cosine decay).")] = 2e-3,
@@ -94,7 +97,7 @@ def train_command(
     from model.training import TrainOptions, train
 
     torch.set_num_threads(threads)
-    opts = TrainOptions(config=config, stats_view=stats_view.value, stats_encoding=stats_encoding.value, members=members, epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
+    opts = TrainOptions(config=config, stats_view=stats_view.value, stats_encoding=stats_encoding.value, members=members, collapse_retries=collapse_retries, epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
                         warmup=warmup, rank_weight=rank_weight, patience=patience, train_chunks=train_chunks,
                         lir_weight=lir_weight, gap_weight=gap_weight, gap_detach=gap_detach, layer_drop=layer_drop, kind_drop=kind_drop,
                         lir_fraction=lir_fraction, clip_grad=clip_grad, max_train=max_train, max_eval=max_eval, seed=seed,

@@ -61,6 +61,7 @@ class TrainOptions:
     stats_view: str = "raw"  # the config's statistics view: raw, or relative (model.stats.relative_view)
     stats_encoding: str = "standard"  # standard (mean/std), or ple: piecewise-linear over quantile bins
     members: int = 1  # SNEs trained from seeds seed..seed+members-1, averaged (model.sne.SNEEnsemble)
+    collapse_retries: int = 2  # a member whose kept epoch predicts a constant is retrained from another seed
     epochs: int = 12
     batch_size: int = 16
     lr: float = 2e-3  # peak learning rate, after warm-up
@@ -85,6 +86,13 @@ class TrainOptions:
 
 
 COLLAPSE_STD = 1e-3  # val predictions spread less than this: the model predicts a constant
+RETRY_SEED_STEP = 1000  # a collapsed member k is retrained from seed + k + 1000, then + 2000, ...
+
+
+def kept_collapsed(run: dict) -> bool:
+    """Whether the epoch a member keeps predicted a constant on val (it ranks by float noise, if at all)."""
+    kept = next((h for h in run["history"] if h["epoch"] == run.get("best_epoch")), None)
+    return kept is not None and kept["val_pred_std"] < COLLAPSE_STD
 
 
 def ranking_loss(logit: torch.Tensor, target: torch.Tensor, margin: float = 0.01) -> torch.Tensor:
@@ -169,11 +177,25 @@ def train(
     meta = {"options": asdict(requested), "unreadable": tr.bad + va.bad}  # saved with every epoch's state
     runs: list[dict] = []
     for k, member in enumerate(members):
-        member_dir = out_dir / "resume" / (f"member-{k}" if len(members) > 1 else "")
-        runs.append(fit_member(
-            member, stats, train_set, val_set, replace(opts, seed=opts.seed + k), member_dir, meta, progress,
-            lambda done: save_curves([*(r["history"] for r in runs), done], out_dir / "training_curves.png"),
-        ))
+        spent = 0.0
+        for attempt in range(opts.collapse_retries + 1):
+            seed = opts.seed + k + RETRY_SEED_STEP * attempt
+            if attempt:  # the kept epoch was a constant: start this member again from other initial weights
+                torch.manual_seed(seed)
+                member.load_state_dict(SNE(cfg).state_dict())
+                if progress:
+                    print(f"member {k}: its best epoch predicts a constant; retraining from seed {seed}")
+            member_dir = out_dir / "resume" / (f"member-{k}" if len(members) > 1 else "")
+            run = fit_member(
+                member, stats, train_set, val_set, replace(opts, seed=seed),
+                member_dir.with_name(member_dir.name + f"-retry{attempt}") if attempt else member_dir, meta, progress,
+                lambda done: save_curves([*(r["history"] for r in runs), done], out_dir / "training_curves.png"),
+            )
+            spent = run["seconds"] = run.get("seconds", 0.0) + (spent if attempt else 0.0)  # every attempt's time
+            run.update(seed=seed, restarts=attempt)
+            if not kept_collapsed(run):
+                break
+        runs.append(run)
     model.cpu()
     predictor = finalize(model, train_set, val_set, zoo_dirs, opts, runs, time.time() - t0)
     predictor.save(out_dir)
@@ -298,6 +320,7 @@ def finalize(
             "epoch_seconds": [round(r.get("seconds", 0.0), 1) for r in runs],  # per member, over every invocation
             "val_kendall_tau": val_tau,
             "best_epoch": [r.get("best_epoch") for r in runs], "member_val_kendall_tau": [r.get("best_tau") for r in runs],
+            "member_seeds": [r.get("seed") for r in runs], "collapse_restarts": [r.get("restarts", 0) for r in runs],
             "history": [r.get("history", []) for r in runs],
         },
         "metrics": {"val": {
