@@ -48,6 +48,22 @@ def test_a_member_kept_at_a_constant_is_retrained_from_another_seed(zoos, tmp_pa
     assert retried.version == direct.version  # the same weights, bit for bit
 
 
+def test_a_ple_predictor_is_saved_with_its_quantile_edges_and_serves_the_same(zoos, tmp_path):
+    """`stats_encoding="ple"` travels in the card's config and its fitted edges in the weights: the loaded
+    predictor predicts exactly what the trained one did."""
+    a, _ = zoos
+    opts = TrainOptions(config="tiny", epochs=1, batch_size=16, lr=3e-3, lir_weight=0.0, seed=0, stats_encoding="ple")
+    pred = train([a], tmp_path / "ple", opts, progress=False)
+    loaded = Predictor.load(tmp_path / "ple")
+    assert loaded.config.stats_encoding == "ple" and loaded.version == pred.version
+    edges = loaded.model.stats_edges
+    assert edges.shape[1] == loaded.config.stats_bins + 1 and (edges[:, -1] > edges[:, 0]).any()
+    ex = load_examples([a], "test", loaded.config.chunk_size, limit=4)
+    with torch.no_grad():
+        batch = pack([e.layers for e in ex])
+        assert torch.equal(loaded.model(batch).logit, pred.model(batch).logit)
+
+
 def test_end_to_end(zoos, tmp_path):
     a, b = zoos
     rows = load_index(a)
