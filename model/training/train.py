@@ -191,7 +191,7 @@ def train(
                 member_dir.with_name(member_dir.name + f"-retry{attempt}") if attempt else member_dir, meta, progress,
                 lambda done: save_curves([*(r["history"] for r in runs), done], out_dir / "training_curves.png"),
             )
-            spent = run["seconds"] = run.get("seconds", 0.0) + (spent if attempt else 0.0)  # every attempt's time
+            spent = run["seconds"] = run.get("seconds", 0.0) + spent  # over every attempt
             run.update(seed=seed, restarts=attempt)
             if not kept_collapsed(run):
                 break
