@@ -22,7 +22,7 @@ from held_out_checks import HELD_OUT, every_split
 
 from model.evaluation.baselines import StatNN
 from model.evaluation.metrics import conformal_quantile, coverage, interval, kendall_tau, mean_width
-from model.evaluation.pooled import layer_tokens, pool_tokens, sne_stat_tokens
+from model.evaluation.pooled import pooled_features, sne_pooled_features
 from model.predictor import Predictor
 from model.training.examples import Example, load_examples, predict_examples
 
@@ -32,8 +32,8 @@ WEIGHTS = tuple(round(0.1 * k, 1) for k in range(1, 10))
 def features(pred: Predictor, exs: list[Example]) -> dict[str, np.ndarray]:
     return {
         "sne": predict_examples(pred.model, exs)["acc"],
-        "pooled": np.stack([pool_tokens(layer_tokens(e.state)) for e in exs]),
-        "sne stats": np.stack([pool_tokens(sne_stat_tokens(e.layers)) for e in exs]),
+        "pooled": np.stack([pooled_features(e.state) for e in exs]),
+        "sne stats": np.stack([sne_pooled_features(e.layers) for e in exs]),
         "y": np.array([e.acc for e in exs]),
     }
 

@@ -14,6 +14,7 @@ from model.evaluation.pooled import (
     pool_tokens,
     pooled_features,
     relative_tokens,
+    sne_pooled_features,
     sne_stat_tokens,
 )
 from tests.nets import BUILDERS, state
@@ -93,4 +94,4 @@ def test_sne_stat_tokens_are_each_layers_weight_and_bias_statistics():
             assert np.allclose(row[N_STATS:], layer.parts[1][1].stats.double().numpy())
         else:
             assert not row[N_STATS:].any()
-    assert pool_tokens(tok).shape == (4 * 2 * N_STATS + 1,)
+    assert np.array_equal(sne_pooled_features(layers), pool_tokens(tok)) and pool_tokens(tok).shape == (4 * 2 * N_STATS + 1,)

@@ -20,7 +20,8 @@ from model.chunking import ChunkedLayer
 from model.stats import N_STATS
 
 __all__ = [
-    "N_POOLED", "TOKEN_NAMES", "layer_tokens", "pool_tokens", "pooled_features", "relative_tokens", "sne_stat_tokens",
+    "N_POOLED", "TOKEN_NAMES", "layer_tokens", "pool_tokens", "pooled_features", "relative_tokens", "sne_pooled_features",
+    "sne_stat_tokens",
 ]
 
 _Q = torch.tensor([0.05, 0.25, 0.5, 0.75, 0.95], dtype=torch.float64)
@@ -115,3 +116,8 @@ def sne_stat_tokens(layers: Sequence[ChunkedLayer]) -> np.ndarray:
         parts = [ch.stats.double().numpy() for _, ch in layer.parts][:2]
         rows.append(np.concatenate(parts + [np.zeros(N_STATS)] * (2 - len(parts))))
     return np.stack(rows)
+
+
+def sne_pooled_features(layers: Sequence[ChunkedLayer]) -> np.ndarray:
+    """`pooled_features` over SNE's own statistics (`sne_stat_tokens`): the ``pooled_sne`` baseline's input."""
+    return pool_tokens(sne_stat_tokens(layers))

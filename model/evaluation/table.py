@@ -37,7 +37,7 @@ from model.evaluation.metrics import (
     mean_width,
     normalized_interval,
 )
-from model.evaluation.pooled import layer_tokens, pool_tokens, pooled_features, sne_stat_tokens
+from model.evaluation.pooled import layer_tokens, pooled_features, sne_pooled_features
 from model.evaluation.statset import StatSetModel
 from model.evaluation.table_report import table_markdown
 from model.labels import read_labels
@@ -124,7 +124,7 @@ def evaluate_table(
     with torch.random.fork_rng(devices=[]):
         fitted = {"statset": _fitter(tr_states, tr_y, statset_epochs, seed)}
     pooled = StatNN(seed=seed).fit(np.stack([pooled_features(s) for s in tr_states]), tr_y)
-    pooled_sne = StatNN(seed=seed).fit(_sne_stat_features(train), tr_y)
+    pooled_sne = StatNN(seed=seed).fit(np.stack([sne_pooled_features(e.layers) for e in train]), tr_y)
     train_id = identity(train)
     pairs: list[dict[str, Any]] = []
     replicates: dict[str, dict[str, list[np.ndarray]]] = {k: {m: [] for m in METHODS} for k in KINDS}
@@ -142,7 +142,7 @@ def evaluate_table(
             predictions[m], extra[m] = s.score(test, true)
         predictions["statset"] = fitted["statset"](te_states)
         predictions["pooled"] = pooled.predict(np.stack([pooled_features(s) for s in te_states]))
-        predictions["pooled_sne"] = pooled_sne.predict(_sne_stat_features(test))
+        predictions["pooled_sne"] = pooled_sne.predict(np.stack([sne_pooled_features(e.layers) for e in test]))
         predictions.update(baseline_predictions(tr_states, tr_y, te_states, ("statnn", "mlp"), seed=seed))
         row: dict[str, Any] = {
             "train": _name(train_id), "test": _name(identity(test)), "source": str(src), "kind": kind,
@@ -172,11 +172,6 @@ def _fitter(
     """The statistics set model fit once per setup (its fit is the expensive part), applied to each test split."""
     model = StatSetModel(epochs=epochs, seed=seed).fit([layer_tokens(s) for s in states], y)
     return lambda test: model.predict([layer_tokens(s) for s in test])
-
-
-def _sne_stat_features(examples: Sequence[Example]) -> np.ndarray:
-    """SNE's own per-part statistics, pooled like the pooled GBM's tokens (``pooled.sne_stat_tokens``)."""
-    return np.stack([pool_tokens(sne_stat_tokens(e.layers)) for e in examples])
 
 
 def _name(ident: tuple[frozenset[str], frozenset[str]]) -> str:
