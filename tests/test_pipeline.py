@@ -42,9 +42,13 @@ def test_a_member_kept_at_a_constant_is_retrained_from_another_seed(zoos, tmp_pa
         retried = train([a], tmp_path / "retried", opts, progress=False)
     card = json.loads((tmp_path / "retried" / "card.json").read_text())["training"]
     assert card["collapse_restarts"] == [1] and card["member_seeds"] == [1000]
+    warnings = json.loads((tmp_path / "retried" / "card.json").read_text())["warnings"]
+    assert any("member 0 (seed 1000) still predicts a constant after 1 retries" in w for w in warnings)
     assert (tmp_path / "retried" / "resume-retry1").is_dir()  # the retry keeps its own resumable state
     direct = train([a], tmp_path / "direct", replace(opts, seed=1000), progress=False)
-    assert json.loads((tmp_path / "direct" / "card.json").read_text())["training"]["collapse_restarts"] == [0]
+    direct_card = json.loads((tmp_path / "direct" / "card.json").read_text())
+    assert direct_card["training"]["collapse_restarts"] == [0]
+    assert not any("predicts a constant" in w for w in direct_card["warnings"])
     assert retried.version == direct.version  # the same weights, bit for bit
 
 

@@ -314,7 +314,10 @@ def finalize(
         "unreadable_checkpoints": runs[0].get("unreadable", []),
         "lir": {"weight": opts.lir_weight, **lir_coverage(train_set)},
         "quality": quality,
-        "warnings": quality["warnings"],
+        "warnings": quality["warnings"] + [
+            f"member {k} (seed {r.get('seed')}) still predicts a constant after {r.get('restarts', 0)} retries"
+            for k, r in enumerate(runs) if kept_collapsed(r)
+        ],
         "training": {
             **asdict(opts), "seconds": round(seconds, 1),  # this invocation: loading, any training, calibration
             "epoch_seconds": [round(r.get("seconds", 0.0), 1) for r in runs],  # per member, over every invocation
