@@ -6,6 +6,7 @@ finish first). SIGHUP reloads the predictors (app.reload).
 """
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -22,6 +23,7 @@ from app.registry import Registry
 from app.reload import reload_on_sighup
 from app.routes import encode, health, metrics, pages, predictor, predictors
 from app.settings import Settings, get_settings
+from model import stats_pass
 
 log = logging.getLogger("sne.service")
 
@@ -52,6 +54,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings: Settings = app.state.settings
     if settings.torch_threads:
         torch.set_num_threads(settings.torch_threads)
+    warm_s = await asyncio.to_thread(stats_pass.warm_up)  # the statistics' compiled loops, not in a request
     device = resolve_device(settings.device)
     autocast = autocast_dtype(settings.precision, device)
     cache = make_cache(settings)
@@ -69,9 +72,9 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     cache_state = await cache.state()
     default = registry.default.predictor
     log.info(
-        "default predictor %s %s (trained=%s) on %s; batch<=%d, wait %.1fms; cache %s (%s)",
+        "default predictor %s %s (trained=%s) on %s; batch<=%d, wait %.1fms; cache %s (%s); stats loops %.2fs",
         default.name, default.version, default.trained, device, settings.max_batch_size,
-        settings.max_wait_ms, cache.backend, cache_state,
+        settings.max_wait_ms, cache.backend, cache_state, warm_s,
     )
     unhook = reload_on_sighup(registry)
     try:

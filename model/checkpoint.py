@@ -39,6 +39,7 @@ PLAUSIBLE_HEADER_BYTES = 100 * 2**20  # safetensors' own cap: beyond it the file
 TORCH_DTYPES = {"F16": torch.float16, "BF16": torch.bfloat16, "F32": torch.float32, "F64": torch.float64}
 DTYPE_NAMES = {v: k for k, v in TORCH_DTYPES.items()}
 _HUGE = 2**63  # what an integer of more than 18 digits parses as: above every bound, and never multiplied
+MADV_POPULATE_READ = getattr(mmap, "MADV_POPULATE_READ", 22)  # Linux 5.14+; Python's mmap names it from 3.13
 FINITE_BLOCK = 1 << 15  # ATen's grain size: the sums run on the calling thread (see model.stats)
 # Views of uploaded bytes are read-only buffers; they are only ever read (copies are made before any write).
 warnings.filterwarnings("ignore", message="The given buffer is not writable")
@@ -265,6 +266,8 @@ class CheckpointFile:
             self._buf = memoryview(self._map)
         if self._buf is None:
             raise CheckpointError("unreadable", "the checkpoint is closed")
+        if self._map is not None:
+            self._advise(MADV_POPULATE_READ, ref)  # one call maps the tensor's pages: ~7x cheaper than faulting each
         raw: memoryview | bytearray = self._buf[ref.begin : ref.end]
         if ref.begin % dtype.itemsize:
             raw = bytearray(raw)  # unaligned data: vectorised kernels want aligned elements
@@ -272,11 +275,15 @@ class CheckpointFile:
 
     def release(self, ref: TensorRef) -> None:
         """Drop the pages a tensor was read from, so resident memory stays near one tensor, not the file."""
+        self._advise(mmap.MADV_DONTNEED, ref)
+
+    def _advise(self, advice: int, ref: TensorRef) -> None:
+        """`madvise` over the pages of one tensor; a kernel that does not know the advice changes nothing."""
         if self._map is None or ref.end <= ref.begin:
             return
         start = ref.begin - ref.begin % mmap.PAGESIZE
         try:
-            self._map.madvise(mmap.MADV_DONTNEED, start, ref.end - start)
+            self._map.madvise(advice, start, ref.end - start)
         except (OSError, ValueError, AttributeError):
             pass  # an optimisation only
 

@@ -137,6 +137,7 @@ def test_held_and_streamed_power_iteration_agree(shape, monkeypatch):
     the two paths compute the same statistics (up to float rounding), with or without a reused Scratch."""
     import model.stats as stats_mod
 
+    monkeypatch.setattr(stats_mod, "COMPILED", False)  # the torch path's two ways (float64 parts take it)
     torch.manual_seed(1)
     t = (torch.randn(shape) * 0.05 + 0.4 * torch.outer(torch.randn(shape[0]), torch.randn(math.prod(shape[1:])))
          .reshape(shape) / 20).to(torch.bfloat16)
@@ -160,14 +161,16 @@ def _outside_subsample(n: int) -> int:
     return next(i for i in range(n // 2, n) if i not in taken)
 
 
-@pytest.mark.parametrize("held", [True, False])
+@pytest.mark.parametrize("path", ["compiled", "held", "streamed"])
 @pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
-def test_non_finite_values_are_flagged_from_the_one_read(held, bad, monkeypatch):
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_non_finite_values_are_flagged_from_the_one_read(path, bad, dtype, monkeypatch):
     import model.stats as stats_mod
 
-    if not held:
+    monkeypatch.setattr(stats_mod, "COMPILED", path == "compiled")
+    if path == "streamed":
         monkeypatch.setattr(stats_mod, "HELD_ELEMS", 0)
-    t = torch.randn(400, 300) * 0.02
+    t = (torch.randn(400, 300) * 0.02).to(dtype)
     assert stats_mod.stats_and_scale(t).finite
     t.view(-1)[_outside_subsample(t.numel())] = bad  # unseen by the subsample the shift and scale come from
     assert not stats_mod.stats_and_scale(t).finite

@@ -1,0 +1,278 @@
+"""The statistics' read pass as compiled loops: moments and the power iteration, straight from the mapped file.
+
+`model.stats` needs, for every part, one pass for the moments and `POWER_ITERS` matrix-vector steps for the
+spectral norm. Done with torch ops on 32 K blocks, that is a dozen kernel launches and temporaries per block
+and a float32 copy of the part (1.8 ns a value; 4.2 s of a 1.1 B-parameter checkpoint's 5 s encode). Here each
+pass is one numba loop over the part's rows that reads the stored dtype directly (bf16 by a shift, fp16 by a
+table, float32 as is), so a pass costs about one read of the file; every row's dot product and its share of
+`A^T (A x)` are taken while the row is in cache, so one power-iteration step is one pass, not two.
+
+The rows are cut into `GROUPS` fixed groups whose partial sums are added in group order, so the result does
+not depend on how many threads ran them; the loops release the GIL and the groups run on a thread pool of
+`torch.get_num_threads()` workers.
+"""
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, NamedTuple
+
+import numba
+import numpy as np
+import torch
+
+GROUPS = 16  # row groups per pass: the unit of parallel work and of the (thread-count free) reduction
+KINDS = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2}  # dtypes read directly; others: model.stats
+_F16 = np.arange(1 << 16, dtype=np.uint16).view(np.float16).astype(np.float32)  # fp16 bits -> float32
+_FM = {"reassoc", "contract", "nsz", "arcp"}  # vectorised sums; NaN and Inf keep their meaning (no nnan/ninf)
+VECTOR_ROW = 4096  # values a row when a vector is read
+_NSUMS = 8  # per group: sum z, z^2, z^3, z^4, |y|; min z, max z; sum of squared row dots
+
+
+def _compiled(fastmath: bool | set[str]) -> Callable[[Callable[..., Any]], Any]:
+    """`numba.njit`, without the GIL, cached on disk where numba finds a writable place (the package's
+    `__pycache__`, `NUMBA_CACHE_DIR` or `~/.cache/numba`); with none (a read-only image and home), compiled in
+    each process instead of refusing to import."""
+
+    def wrap(fn: Callable[..., Any]) -> Any:
+        try:
+            return numba.njit(nogil=True, fastmath=fastmath, cache=True)(fn)
+        except RuntimeError:  # "cannot cache function ...: no locator available"
+            return numba.njit(nogil=True, fastmath=fastmath)(fn)
+
+    return wrap
+
+
+@_compiled(_FM)
+def _load(m, kind, lut, i, inv_scale, bits, f):
+    """Row `i` of `m` as float32 times `inv_scale`, into `f` (`bits` is `f`'s uint32 view)."""
+    c = m.shape[1]
+    if kind == 1:  # bfloat16: the upper half of a float32
+        for j in range(c):
+            bits[j] = np.uint32(m[i, j]) << np.uint32(16)
+        for j in range(c):
+            f[j] *= inv_scale
+    elif kind == 2:  # float16: looked up
+        for j in range(c):
+            f[j] = lut[np.intp(m[i, j])] * inv_scale
+    else:
+        for j in range(c):
+            f[j] = m[i, j] * inv_scale
+
+
+@_compiled(False)
+def _extremes(ibits):
+    """Min and max of the float32 values whose bits are `ibits` (int32), compared as integers: the key
+    `b ^ ((b >> 31) & 0x7fffffff)` orders finite floats as their values, and integer min/max vectorise where
+    float ones do not. NaN has no place in that order; the caller's sums detect it (the part is not finite)."""
+    lo, hi = np.int32(2147483647), np.int32(-2147483648)
+    for j in range(ibits.shape[0]):
+        v = ibits[j]
+        k = v ^ ((v >> np.int32(31)) & np.int32(0x7FFFFFFF))
+        lo = min(lo, k)
+        hi = max(hi, k)
+    out = np.empty(2, dtype=np.int32)
+    out[0] = lo ^ ((lo >> np.int32(31)) & np.int32(0x7FFFFFFF))
+    out[1] = hi ^ ((hi >> np.int32(31)) & np.int32(0x7FFFFFFF))
+    both = out.view(np.float32)
+    return both[0], both[1]
+
+
+@_compiled(_FM)
+def _groups(m, kind, lut, bounds, g0, g1, x, inv_scale, shift_z, given, moments, want_acc, sums, acc):
+    """Rows of groups `g0..g1` (row bounds in `bounds`): per group its sums (`sums[g]`) and `acc[g]`.
+
+    Row scalar `s_i` is `x[i]` when `given`, else the row's dot product with `x`; `acc[g] = sum_i s_i row_i`.
+    With `moments`, also the shifted moments of z = y - shift_z (y the scaled value), each row summed in
+    float32 and, if that overflowed, again in float64."""
+    c = m.shape[1]
+    bits = np.empty(c, dtype=np.uint32)
+    f, ibits = bits.view(np.float32), bits.view(np.int32)
+    for g in range(g0, g1):
+        t1 = t2 = t3 = t4 = tabs = wv2 = 0.0
+        lo, hi = np.inf, -np.inf
+        for i in range(bounds[g], bounds[g + 1]):
+            _load(m, kind, lut, i, inv_scale, bits, f)
+            if given:
+                s = np.float32(x[i])
+            else:
+                s = np.float32(0.0)
+                for j in range(c):
+                    s += f[j] * x[j]
+            if moments:
+                a1 = a2 = a3 = a4 = aa = np.float32(0.0)
+                sz = np.float32(shift_z)
+                for j in range(c):
+                    y = f[j]
+                    aa += abs(y)
+                    z = y - sz
+                    z2 = z * z
+                    a1 += z
+                    a2 += z2
+                    a3 += z2 * z
+                    a4 += z2 * z2
+                rlo, rhi = _extremes(ibits)
+                rlo, rhi = rlo - sz, rhi - sz
+                if not (math.isfinite(a1) and math.isfinite(a2) and math.isfinite(a3) and math.isfinite(a4)):
+                    d1 = d2 = d3 = d4 = 0.0  # float32 overflow of z^4 (or NaN/Inf): this row in float64
+                    for j in range(c):
+                        zd = np.float64(f[j]) - np.float64(sz)
+                        d1 += zd
+                        d2 += zd * zd
+                        d3 += zd * zd * zd
+                        d4 += zd * zd * zd * zd
+                    t1 += d1
+                    t2 += d2
+                    t3 += d3
+                    t4 += d4
+                else:
+                    t1 += a1
+                    t2 += a2
+                    t3 += a3
+                    t4 += a4
+                tabs += aa
+                if not (rlo >= lo):  # NaN-safe: a NaN bound stays NaN
+                    lo = rlo
+                if not (rhi <= hi):
+                    hi = rhi
+            wv2 += np.float64(s) * np.float64(s)
+            if want_acc:
+                for j in range(c):
+                    acc[g, j] += s * f[j]
+        sums[g, 0], sums[g, 1], sums[g, 2], sums[g, 3], sums[g, 4] = t1, t2, t3, t4, tabs
+        sums[g, 5], sums[g, 6], sums[g, 7] = lo, hi, wv2
+
+
+class Summary(NamedTuple):
+    sums: list[float]  # of z, z^2, z^3, z^4 and |x / scale|, with z = (x - shift) / scale
+    lo: float  # min z
+    hi: float  # max z
+    finite: bool  # every z was finite
+    rayleigh: float  # ||A v||^2 after the power iteration, in units of scale^2 (0 for vectors)
+
+
+class Pass(NamedTuple):
+    sums: np.ndarray  # [8] float64, the groups' sums added in order (min and max taken)
+    acc: np.ndarray  # [c] float64, sum over rows of s_i * row_i (zeros without want_acc)
+
+
+_POOLS: dict[tuple[int, int], ThreadPoolExecutor] = {}
+
+
+def _pool(n: int) -> ThreadPoolExecutor:
+    """The `n`-worker pool of this process (a forked child makes its own: threads do not survive a fork)."""
+    key = (os.getpid(), n)
+    if key not in _POOLS:
+        _POOLS[key] = ThreadPoolExecutor(n, thread_name_prefix="sne-stats")
+    return _POOLS[key]
+
+
+def warm_up() -> float:
+    """Load (or, the first time on a machine, compile) the loops for every dtype; returns the seconds taken.
+
+    The first call in a process costs ~0.5 s (numba loads its cache; compiling anew takes ~10 s), so the
+    service calls this at startup rather than in its first request."""
+    t0 = time.perf_counter()
+    for dtype in KINDS:
+        rows = as_rows(torch.zeros(2, 2, dtype=dtype))
+        row_pass(rows, dtype, np.ones(2), 1.0, 0.0, given=False, moments=True, want_acc=True)
+    return time.perf_counter() - t0
+
+
+def readable(t: torch.Tensor) -> bool:
+    """Whether `row_pass` reads `t` directly (float32, bfloat16, float16; any contiguous layout)."""
+    return t.dtype in KINDS and t.is_contiguous() and t.device.type == "cpu"
+
+
+def as_rows(m: torch.Tensor) -> np.ndarray:
+    """A contiguous 2-D tensor as the numpy array the loops read (16-bit floats as their raw bits)."""
+    m = m.detach()
+    if m.dtype in (torch.bfloat16, torch.float16):
+        return m.view(torch.int16).numpy().view(np.uint16)
+    return m.numpy()
+
+
+def row_pass(
+    rows: np.ndarray, dtype: torch.dtype, x: np.ndarray, inv_scale: float, shift_z: float, *, given: bool,
+    moments: bool, want_acc: bool,
+) -> Pass:
+    """One read of `rows` (`[r, c]`, from `as_rows`): see `_groups`. Deterministic for any thread count."""
+    r, c = rows.shape
+    n_groups = max(1, min(GROUPS, r))
+    bounds = (np.arange(n_groups + 1, dtype=np.int64) * r) // n_groups
+    sums = np.zeros((n_groups, _NSUMS), dtype=np.float64)
+    acc = np.zeros((n_groups, c if want_acc else 1), dtype=np.float32)
+    xs = np.ascontiguousarray(x, dtype=np.float32)
+    args = (rows, KINDS[dtype], _F16, bounds)
+    rest = (xs, np.float32(inv_scale), shift_z, given, moments, want_acc, sums, acc)
+    workers = max(1, min(torch.get_num_threads(), n_groups, r * c // (1 << 16) or 1))
+    if workers == 1:
+        _groups(*args, 0, n_groups, *rest)
+    else:
+        cuts = [n_groups * k // workers for k in range(workers + 1)]
+        futures = [_pool(workers).submit(_groups, *args, a, b, *rest) for a, b in zip(cuts, cuts[1:])]
+        for fut in futures:
+            fut.result()
+    total = sums.sum(0)
+    total[5], total[6] = sums[:, 5].min(), sums[:, 6].max()
+    if np.isnan(sums[:, 5:7]).any():
+        total[5] = total[6] = np.nan
+    return Pass(total, acc.astype(np.float64).sum(0) if want_acc else np.zeros(c))
+
+
+def moments_and_rayleigh(t: torch.Tensor, shift: float, scale: float, power_iters: int) -> Summary:
+    """The shifted moments, extremes and Rayleigh quotient `model.stats.stats_and_scale` needs, from `readable(t)`.
+
+    The same power iteration as the torch path, `v <- A^T A v` from the all-ones vector on `_as_matrix(t)`,
+    run on the part's own rows `m`: when `A = m` (rows the long side) a pass gives `||m x||^2` and `m^T m x`;
+    when `A = m^T` the first pass gives `y = m^T v` and each further one `m^T m y`, whose norms give the
+    same quotients. Either way one pass per iteration, the first one with the moments."""
+    m = t.reshape(t.shape[0], -1) if t.ndim >= 2 else t.reshape(-1, 1)
+    r, c = m.shape
+    matrix = t.ndim >= 2 and min(r, c) > 1
+    if not matrix:
+        return _vector_moments(t, shift, scale)
+    rows = as_rows(m)
+    iters = max(1, power_iters)
+    tall = c <= r  # `_as_matrix` keeps m: v has m's row length
+    inv, shift_z = 1.0 / scale, shift / scale
+    if tall:
+        x = np.full(c, 1.0 / math.sqrt(c))
+        first = row_pass(rows, t.dtype, x, inv, shift_z, given=False, moments=True, want_acc=iters > 1)
+        wv2 = float(first.sums[7])
+    else:
+        x = np.full(r, 1.0 / math.sqrt(r))
+        first = row_pass(rows, t.dtype, x, inv, shift_z, given=True, moments=True, want_acc=True)
+        wv2 = float(first.acc @ first.acc)
+    acc = first.acc
+    for k in range(1, iters):
+        norm = float(np.linalg.norm(acc))
+        x = acc / norm if norm > 0 and math.isfinite(norm) else np.zeros_like(acc)
+        step = row_pass(rows, t.dtype, x, inv, 0.0, given=False, moments=False, want_acc=not tall or k < iters - 1)
+        if tall:
+            wv2 = float(step.sums[7])
+        else:
+            ss = float(step.sums[7])
+            wv2 = float(step.acc @ step.acc) / ss if ss > 0 else 0.0
+        acc = step.acc
+    s = first.sums
+    lo, hi = float(s[5]), float(s[6])
+    finite = bool(np.isfinite(s[:7]).all())
+    return Summary([float(v) for v in s[:5]], lo, hi, finite, wv2)
+
+
+def _vector_moments(t: torch.Tensor, shift: float, scale: float) -> Summary:
+    """The moments of a part with no matrix statistics, read as rows of `VECTOR_ROW` values (and one shorter
+    row for the rest), so each row's float32 sums stay short and the loops vectorise."""
+    flat = t.reshape(-1)
+    head = flat.numel() // VECTOR_ROW * VECTOR_ROW
+    pieces = [p for p in (flat[:head].view(-1, VECTOR_ROW), flat[head:].view(1, -1)) if p.numel()]
+    out = [row_pass(as_rows(p), t.dtype, np.zeros(p.shape[0]), 1.0 / scale, shift / scale,
+                               given=True, moments=True, want_acc=False).sums for p in pieces]
+    s = np.sum(out, axis=0)
+    lo, hi = min(o[5] for o in out), max(o[6] for o in out)
+    finite = bool(np.isfinite(s[:5]).all()) and math.isfinite(lo) and math.isfinite(hi)
+    return Summary([float(v) for v in s[:5]], float(lo), float(hi), finite, 0.0)
