@@ -206,15 +206,17 @@ def row_pass(
     sums = np.zeros((n_groups, _NSUMS), dtype=np.float64)
     acc = np.zeros((n_groups, c if want_acc else 1), dtype=np.float32)
     xs = np.ascontiguousarray(x, dtype=np.float32)
-    args = (rows, KINDS[dtype], _F16, bounds)
-    rest = (xs, np.float32(inv_scale), shift_z, given, moments, want_acc, sums, acc)
+
+    def run(g0: int, g1: int) -> None:
+        _groups(rows, KINDS[dtype], _F16, bounds, g0, g1, xs, np.float32(inv_scale), shift_z, given, moments,
+                want_acc, sums, acc)
+
     workers = max(1, min(torch.get_num_threads(), n_groups, r * c // (1 << 16) or 1))
     if workers == 1:
-        _groups(*args, 0, n_groups, *rest)
+        run(0, n_groups)
     else:
         cuts = [n_groups * k // workers for k in range(workers + 1)]
-        futures = [_pool(workers).submit(_groups, *args, a, b, *rest) for a, b in zip(cuts, cuts[1:])]
-        for fut in futures:
+        for fut in [_pool(workers).submit(run, a, b) for a, b in zip(cuts, cuts[1:])]:
             fut.result()
     total = sums.sum(0)
     total[5], total[6] = sums[:, 5].min(), sums[:, 6].max()
