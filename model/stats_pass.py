@@ -53,8 +53,9 @@ def _load(m, kind, lut, i, inv_scale, bits, f):
     if kind == 1:  # bfloat16: the upper half of a float32
         for j in range(c):
             bits[j] = np.uint32(m[i, j]) << np.uint32(16)
-        for j in range(c):
-            f[j] *= inv_scale
+        if inv_scale != 1.0:
+            for j in range(c):
+                f[j] *= inv_scale
     elif kind == 2:  # float16: looked up
         for j in range(c):
             f[j] = lut[np.intp(m[i, j])] * inv_scale
@@ -95,13 +96,26 @@ def _groups(m, kind, lut, bounds, g0, g1, x, inv_scale, shift_z, given, moments,
         t1 = t2 = t3 = t4 = tabs = wv2 = 0.0
         lo, hi = np.inf, -np.inf
         for i in range(bounds[g], bounds[g + 1]):
-            _load(m, kind, lut, i, inv_scale, bits, f)
+            # without the moments the row is read unscaled and the scale folded into s and acc (one sweep
+            # less), unless its dot product overflows unscaled: then it is scaled like a moments row
+            unit = np.float32(1.0) if not moments else inv_scale
+            _load(m, kind, lut, i, unit, bits, f)
             if given:
                 s = np.float32(x[i])
             else:
                 s = np.float32(0.0)
                 for j in range(c):
                     s += f[j] * x[j]
+                if not moments:
+                    if math.isfinite(s):
+                        s *= inv_scale
+                    else:
+                        unit = inv_scale
+                        for j in range(c):
+                            f[j] *= inv_scale
+                        s = np.float32(0.0)
+                        for j in range(c):
+                            s += f[j] * x[j]
             if moments:
                 a1 = a2 = a3 = a4 = aa = np.float32(0.0)
                 sz = np.float32(shift_z)
@@ -140,8 +154,9 @@ def _groups(m, kind, lut, bounds, g0, g1, x, inv_scale, shift_z, given, moments,
                     hi = rhi
             wv2 += np.float64(s) * np.float64(s)
             if want_acc:
+                w = s * (inv_scale / unit)  # f holds the row times `unit`
                 for j in range(c):
-                    acc[g, j] += s * f[j]
+                    acc[g, j] += w * f[j]
         sums[g, 0], sums[g, 1], sums[g, 2], sums[g, 3], sums[g, 4] = t1, t2, t3, t4, tabs
         sums[g, 5], sums[g, 6], sums[g, 7] = lo, hi, wv2
 

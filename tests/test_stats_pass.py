@@ -100,3 +100,13 @@ def test_loops_compile_without_a_cache_location():
     with pytest.raises(RuntimeError, match="no locator"):
         numba.njit(cache=True)(scope["twice"])
     assert stats_pass._compiled(False)(scope["twice"])(21) == 42
+
+
+@pytest.mark.parametrize("shape", [(64, 48), (48, 64)])
+def test_values_near_float32s_range_match_the_torch_path(shape, monkeypatch):
+    """The power-iteration passes read rows unscaled and fold the scale in afterwards; rows whose unscaled dot
+    product overflows float32 (values ~1e37) are scaled first, so the estimate stays what the torch path gives."""
+    t = torch.randn(shape, generator=torch.Generator().manual_seed(2)) * 1e37
+    ref, got = _torch_path(t, monkeypatch), stats_and_scale(t)
+    assert bool(torch.isfinite(got.stats).all()) and got.stats[STAT_NAMES.index("log_spectral")] > 80  # ~log(1e37)
+    assert torch.allclose(got.stats, ref.stats, rtol=1e-5, atol=2e-5)
