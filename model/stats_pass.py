@@ -188,8 +188,8 @@ def _pool(n: int) -> ThreadPoolExecutor:
 def warm_up() -> float:
     """Load (or, the first time on a machine, compile) the loops for every dtype; returns the seconds taken.
 
-    The first call in a process costs ~0.5 s (numba loads its cache; compiling anew takes ~10 s), so the
-    service calls this at startup rather than in its first request."""
+    The first call in a process costs 0.3-0.4 s (numba loads its cache; compiling anew, ~3 s), so the service
+    calls this at startup rather than in its first request."""
     t0 = time.perf_counter()
     for dtype in KINDS:
         rows = as_rows(torch.zeros(2, 2, dtype=dtype))
@@ -233,11 +233,20 @@ def row_pass(
         cuts = [n_groups * k // workers for k in range(workers + 1)]
         for fut in [_pool(workers).submit(run, a, b) for a, b in zip(cuts, cuts[1:])]:
             fut.result()
+    return Pass(_reduce(sums), acc.astype(np.float64).sum(0) if want_acc else np.zeros(c))
+
+
+def _reduce(sums: np.ndarray) -> np.ndarray:
+    """`[k, 8]` partial sums (groups, or the pieces of a vector) -> `[8]`: added in order, min and max taken
+    (a NaN bound stays NaN)."""
     total = sums.sum(0)
     total[5], total[6] = sums[:, 5].min(), sums[:, 6].max()
-    if np.isnan(sums[:, 5:7]).any():
-        total[5] = total[6] = np.nan
-    return Pass(total, acc.astype(np.float64).sum(0) if want_acc else np.zeros(c))
+    return total
+
+
+def _summary(s: np.ndarray, rayleigh: float) -> Summary:
+    """A reduced first pass as the `Summary`; finite when every sum and both bounds are."""
+    return Summary([float(v) for v in s[:5]], float(s[5]), float(s[6]), bool(np.isfinite(s[:7]).all()), rayleigh)
 
 
 def moments_and_rayleigh(t: torch.Tensor, shift: float, scale: float, power_iters: int) -> Summary:
@@ -275,10 +284,7 @@ def moments_and_rayleigh(t: torch.Tensor, shift: float, scale: float, power_iter
             ss = float(step.sums[7])
             wv2 = float(step.acc @ step.acc) / ss if ss > 0 else 0.0
         acc = step.acc
-    s = first.sums
-    lo, hi = float(s[5]), float(s[6])
-    finite = bool(np.isfinite(s[:7]).all())
-    return Summary([float(v) for v in s[:5]], lo, hi, finite, wv2)
+    return _summary(first.sums, wv2)
 
 
 def _vector_moments(t: torch.Tensor, shift: float, scale: float) -> Summary:
@@ -288,8 +294,5 @@ def _vector_moments(t: torch.Tensor, shift: float, scale: float) -> Summary:
     head = flat.numel() // VECTOR_ROW * VECTOR_ROW
     pieces = [p for p in (flat[:head].view(-1, VECTOR_ROW), flat[head:].view(1, -1)) if p.numel()]
     out = [row_pass(as_rows(p), t.dtype, np.zeros(p.shape[0]), 1.0 / scale, shift / scale,
-                               given=True, moments=True, want_acc=False).sums for p in pieces]
-    s = np.sum(out, axis=0)
-    lo, hi = min(o[5] for o in out), max(o[6] for o in out)
-    finite = bool(np.isfinite(s[:5]).all()) and math.isfinite(lo) and math.isfinite(hi)
-    return Summary([float(v) for v in s[:5]], float(lo), float(hi), finite, 0.0)
+                    given=True, moments=True, want_acc=False).sums for p in pieces]
+    return _summary(_reduce(np.stack(out)), 0.0)
