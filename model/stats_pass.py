@@ -47,38 +47,61 @@ def _compiled(fastmath: bool | set[str]) -> Callable[[Callable[..., Any]], Any]:
 
 
 @_compiled(_FM)
-def _load(m, kind, lut, i, inv_scale, bits, f):
-    """Row `i` of `m` as float32 times `inv_scale`, into `f` (`bits` is `f`'s uint32 view)."""
+def _load(m, kind, lut, i, bits, f, pair, extremes):
+    """Row `i` of `m` as float32 into `f` (`bits` is `f`'s uint32 view). With `extremes`, also returns the
+    row's min and max, for 16-bit rows taken in the same loop from order keys of the raw bits (`pair`: an
+    int32[2] scratch); NaN has no place in that order, which the caller's sums detect (the part is not finite)."""
     c = m.shape[1]
+    if kind == 0:
+        for j in range(c):
+            f[j] = m[i, j]
+        return _extremes(bits.view(np.int32), pair) if extremes else (np.float32(0.0), np.float32(0.0))
+    lo, hi = np.int16(32767), np.int16(-32768)
+    sign, mag = np.int16(15), np.int16(0x7FFF)
     if kind == 1:  # bfloat16: the upper half of a float32
         for j in range(c):
-            bits[j] = np.uint32(m[i, j]) << np.uint32(16)
-        if inv_scale != 1.0:
-            for j in range(c):
-                f[j] *= inv_scale
-    elif kind == 2:  # float16: looked up
+            u = m[i, j]
+            bits[j] = np.uint32(u) << np.uint32(16)
+            if extremes:  # the key `b ^ ((b >> 15) & 0x7fff)` orders 16-bit floats as their values
+                v = np.int16(u)
+                k = np.int16(v ^ np.int16(np.int16(v >> sign) & mag))
+                lo = np.int16(min(lo, k))
+                hi = np.int16(max(hi, k))
+    else:  # float16: looked up
         for j in range(c):
-            f[j] = lut[np.intp(m[i, j])] * inv_scale
-    else:
-        for j in range(c):
-            f[j] = m[i, j] * inv_scale
+            u = m[i, j]
+            f[j] = lut[np.intp(u)]
+            if extremes:
+                v = np.int16(u)
+                k = np.int16(v ^ np.int16(np.int16(v >> sign) & mag))
+                lo = np.int16(min(lo, k))
+                hi = np.int16(max(hi, k))
+    if not extremes:
+        return np.float32(0.0), np.float32(0.0)
+    ulo = np.uint16(np.int16(lo ^ np.int16(np.int16(lo >> sign) & mag)))  # the key's own inverse
+    uhi = np.uint16(np.int16(hi ^ np.int16(np.int16(hi >> sign) & mag)))
+    if kind == 2:
+        return lut[np.intp(ulo)], lut[np.intp(uhi)]
+    pair[0], pair[1] = np.int32(np.uint32(ulo) << np.uint32(16)), np.int32(np.uint32(uhi) << np.uint32(16))
+    both = pair.view(np.float32)
+    return both[0], both[1]
 
 
 @_compiled(False)
-def _extremes(ibits):
+def _extremes(ibits, pair):
     """Min and max of the float32 values whose bits are `ibits` (int32), compared as integers: the key
     `b ^ ((b >> 31) & 0x7fffffff)` orders finite floats as their values, and integer min/max vectorise where
-    float ones do not. NaN has no place in that order; the caller's sums detect it (the part is not finite)."""
+    float ones do not (`pair`: an int32[2] scratch)."""
     lo, hi = np.int32(2147483647), np.int32(-2147483648)
-    for j in range(ibits.shape[0]):
-        v = ibits[j]
-        k = v ^ ((v >> np.int32(31)) & np.int32(0x7FFFFFFF))
-        lo = min(lo, k)
-        hi = max(hi, k)
-    out = np.empty(2, dtype=np.int32)
-    out[0] = lo ^ ((lo >> np.int32(31)) & np.int32(0x7FFFFFFF))
-    out[1] = hi ^ ((hi >> np.int32(31)) & np.int32(0x7FFFFFFF))
-    both = out.view(np.float32)
+    sign, mag = np.int32(31), np.int32(0x7FFFFFFF)
+    for j in range(ibits.shape[0]):  # every step cast back: numba widens int32 arithmetic to int64, which
+        v = ibits[j]  # does not vectorise (a 3x slower loop)
+        k = np.int32(v ^ np.int32(np.int32(v >> sign) & mag))
+        lo = np.int32(min(lo, k))
+        hi = np.int32(max(hi, k))
+    pair[0] = np.int32(lo ^ np.int32(np.int32(lo >> sign) & mag))
+    pair[1] = np.int32(hi ^ np.int32(np.int32(hi >> sign) & mag))
+    both = pair.view(np.float32)
     return both[0], both[1]
 
 
@@ -91,36 +114,37 @@ def _groups(m, kind, lut, bounds, g0, g1, x, inv_scale, shift_z, given, moments,
     float32 and, if that overflowed, again in float64."""
     c = m.shape[1]
     bits = np.empty(c, dtype=np.uint32)
-    f, ibits = bits.view(np.float32), bits.view(np.int32)
+    f = bits.view(np.float32)
+    pair = np.empty(2, dtype=np.int32)
     for g in range(g0, g1):
         t1 = t2 = t3 = t4 = tabs = wv2 = 0.0
         lo, hi = np.inf, -np.inf
         for i in range(bounds[g], bounds[g + 1]):
-            # without the moments the row is read unscaled and the scale folded into s and acc (one sweep
-            # less), unless its dot product overflows unscaled: then it is scaled like a moments row
-            unit = np.float32(1.0) if not moments else inv_scale
-            _load(m, kind, lut, i, unit, bits, f)
+            # the row is read unscaled and the scale folded into s, acc and the moments' values (no sweep to
+            # scale it), unless its dot product overflows unscaled: then the row is scaled first
+            unit = np.float32(1.0)
+            rlo, rhi = _load(m, kind, lut, i, bits, f, pair, moments)  # of the raw row
             if given:
                 s = np.float32(x[i])
             else:
                 s = np.float32(0.0)
                 for j in range(c):
                     s += f[j] * x[j]
-                if not moments:
-                    if math.isfinite(s):
-                        s *= inv_scale
-                    else:
-                        unit = inv_scale
-                        for j in range(c):
-                            f[j] *= inv_scale
-                        s = np.float32(0.0)
-                        for j in range(c):
-                            s += f[j] * x[j]
+                if math.isfinite(s):
+                    s *= inv_scale
+                else:
+                    unit = inv_scale
+                    for j in range(c):
+                        f[j] *= inv_scale
+                    s = np.float32(0.0)
+                    for j in range(c):
+                        s += f[j] * x[j]
             if moments:
+                k = inv_scale / unit  # f times k is the scaled value y, rounded as `raw * inv_scale`
                 a1 = a2 = a3 = a4 = aa = np.float32(0.0)
                 sz = np.float32(shift_z)
                 for j in range(c):
-                    y = f[j]
+                    y = f[j] * k
                     aa += abs(y)
                     z = y - sz
                     z2 = z * z
@@ -128,12 +152,11 @@ def _groups(m, kind, lut, bounds, g0, g1, x, inv_scale, shift_z, given, moments,
                     a2 += z2
                     a3 += z2 * z
                     a4 += z2 * z2
-                rlo, rhi = _extremes(ibits)
-                rlo, rhi = rlo - sz, rhi - sz
+                rlo, rhi = rlo * inv_scale - sz, rhi * inv_scale - sz  # scaling keeps the order and the rounding's
                 if not (math.isfinite(a1) and math.isfinite(a2) and math.isfinite(a3) and math.isfinite(a4)):
                     d1 = d2 = d3 = d4 = 0.0  # float32 overflow of z^4 (or NaN/Inf): this row in float64
                     for j in range(c):
-                        zd = np.float64(f[j]) - np.float64(sz)
+                        zd = np.float64(f[j] * k) - np.float64(sz)
                         d1 += zd
                         d2 += zd * zd
                         d3 += zd * zd * zd
