@@ -140,6 +140,20 @@ def subsample(t: torch.Tensor, n: int = SAMPLE) -> torch.Tensor:
     return flat[idx].to(torch.float64)
 
 
+def quantiles(sample: np.ndarray, float32_exact: bool) -> list[float]:
+    """`np.quantile(sample, QUANTILES)` (its default linear method, in the same float64 arithmetic), from one
+    sort: of the sample as float32 when that holds its values exactly (numpy's SIMD sort of 32 K float32
+    values takes 0.09 ms, where np.quantile's float64 selection took 1 ms a part)."""
+    srt = np.sort(sample.astype(np.float32) if float32_exact else sample).astype(np.float64)
+    v = (srt.size - 1) * np.asarray(QUANTILES, dtype=np.float64)
+    below = np.floor(v)
+    gamma = v - below
+    i = below.astype(np.intp)
+    a, b = srt[i], srt[np.minimum(i + 1, srt.size - 1)]
+    d = b - a
+    return np.where(gamma >= 0.5, b - d * (1 - gamma), a + d * gamma).tolist()  # numpy's _lerp
+
+
 def _log(x: float) -> float:
     return math.log(max(x, _TINY))
 
@@ -327,8 +341,7 @@ def _assemble(
         z_stats = [0.0] * (3 + len(QUANTILES))
         kurt = 1.0
     else:
-        # numpy's quantile selects (partition) where torch's sorts: the same linear interpolation, 3x faster
-        qs = np.quantile(sample.numpy(), QUANTILES).tolist() if sample.numel() > 1 else [mean] * len(QUANTILES)
+        qs = quantiles(sample.numpy(), t.dtype != torch.float64) if sample.numel() > 1 else [mean] * len(QUANTILES)
         z_stats = [_div(mean, std), _div(lo - m1, std_z), _div(hi - m1, std_z)] + [_div(q - mean, std) for q in qs]
         kurt = _div(mu4, var * var)
     spec = scale * math.sqrt(max(rayleigh, 0.0))

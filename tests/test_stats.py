@@ -1,9 +1,12 @@
 import math
 
+import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from model.stats import N_STATS, QUANTILES, STAT_NAMES, part_stats, relative_view, subsample
+from model.stats import N_STATS, QUANTILES, STAT_NAMES, part_stats, quantiles, relative_view, subsample
 
 
 def _named(t: torch.Tensor, **kw) -> dict[str, float]:
@@ -213,3 +216,22 @@ def test_relative_view_keeps_a_vectors_scale():
     assert changed == {"log_frobenius", "log_fan_out", "log_numel"}  # log_fan_in is 0 already
     assert r[STAT_NAMES.index("log_frobenius")] == pytest.approx(float(s[STAT_NAMES.index("log_rms")]), abs=1e-5)
     assert r[STAT_NAMES.index("log_spectral")] == 0.0
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    n=st.integers(2, 5000),
+    seed=st.integers(0, 2**31 - 1),
+    dtype=st.sampled_from(["float32", "bfloat16", "float16", "float64"]),
+    ties=st.booleans(),
+)
+def test_quantiles_are_numpys_to_the_bit(n, seed, dtype, ties):
+    """The one-sort quantiles equal np.quantile's on the float64 sample, for samples of every stored dtype
+    (float32-exact ones sorted as float32), with and without repeated values."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, generator=g, dtype=torch.float64) * 10 ** float(torch.randint(-4, 4, (1,), generator=g))  # within float16
+    if ties:
+        x = x.round(decimals=1)
+    stored = x.to(getattr(torch, dtype))
+    sample = stored.to(torch.float64).numpy()
+    assert quantiles(sample, dtype != "float64") == np.quantile(sample, QUANTILES).tolist()
