@@ -140,7 +140,7 @@ def _groups(m, kind, lut, bounds, g0, g1, x, inv_scale, shift_z, given, moments,
                     for j in range(c):
                         s += f[j] * x[j]
             if moments:
-                k = inv_scale / unit  # f times k is the scaled value y, rounded as `raw * inv_scale`
+                k = inv_scale / unit  # f times k is the scaled value y (its multiply may fuse with the shift)
                 a1 = a2 = a3 = a4 = aa = np.float32(0.0)
                 sz = np.float32(shift_z)
                 for j in range(c):

@@ -166,7 +166,7 @@ def _outside_subsample(n: int) -> int:
 
 @pytest.mark.parametrize("path", ["compiled", "held", "streamed"])
 @pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 def test_non_finite_values_are_flagged_from_the_one_read(path, bad, dtype, monkeypatch):
     import model.stats as stats_mod
 

@@ -1,6 +1,7 @@
 """The compiled statistics pass (model.stats_pass) against the torch path it replaces for 32- and 16-bit parts."""
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -110,3 +111,23 @@ def test_values_near_float32s_range_match_the_torch_path(shape, monkeypatch):
     ref, got = _torch_path(t, monkeypatch), stats_and_scale(t)
     assert bool(torch.isfinite(got.stats).all()) and got.stats[STAT_NAMES.index("log_spectral")] > 80  # ~log(1e37)
     assert torch.allclose(got.stats, ref.stats, rtol=1e-5, atol=2e-5)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("shape", [(300, 200), (200, 300), (5000,)])
+def test_extremes_are_exact_for_every_dtype(dtype, shape):
+    """Min and max come from order keys of the stored bits (16-bit rows in the load loop): exactly the
+    extreme values, scaled and shifted in float32 as the moments' values are."""
+    g = torch.Generator().manual_seed(3)
+    t = (torch.randn(*shape, generator=g) * 0.05 + 0.01).to(dtype)
+    t.view(-1)[7], t.view(-1)[-3] = -0.0, 0.0
+    shift, scale = 0.004, 0.03
+    got = stats_pass.moments_and_rayleigh(t, shift, scale, 2)
+    inv, sz = np.float32(1.0 / scale), np.float32(shift / scale)
+    x = t.float().numpy()
+    assert got.finite
+    for value, want in ((got.lo, x.min()), (got.hi, x.max())):
+        ref = np.float32(np.float32(want) * inv) - sz
+        # to one rounding (the scale's multiply may fuse with the shift); neighbouring stored values lie
+        # 1e3 times further apart, so the wrong element would fail
+        assert abs(value - float(ref)) <= 2 * abs(float(np.spacing(ref))), (value, ref)
