@@ -13,7 +13,6 @@ Run: `OMP_NUM_THREADS=1 .venv/bin/python -m benchmarks.stats_pass [--shape 5632 
 from __future__ import annotations
 
 import argparse
-import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -22,6 +21,7 @@ import numba
 import numpy as np
 import torch
 
+from benchmarks.encoder import best_of
 from model import stats_pass
 from model.admission import Limits
 from model.checkpoint import CheckpointFile
@@ -46,15 +46,9 @@ def _sum32(m: np.ndarray, a: int, b: int) -> float:
 
 
 def best(fn: Callable[[], object], repeat: int) -> float:
-    """Fastest of `repeat` calls after one warm call, in seconds (the machine is shared: the minimum is the
-    least disturbed)."""
+    """`best_of` after one warm call (the minimum: the least disturbed run on a shared machine)."""
     fn()
-    times = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return min(times)
+    return best_of(fn, repeat)
 
 
 def main() -> None:
