@@ -145,7 +145,7 @@ def _groups(m, kind, lut, bounds, g0, g1, x, inv_scale, shift_z, given, moments,
                     a2 += z2
                     a3 += z2 * z
                     a4 += z2 * z2
-                rlo, rhi = rlo * inv_scale - sz, rhi * inv_scale - sz  # scaling keeps the order and the rounding's
+                rlo, rhi = rlo * inv_scale - sz, rhi * inv_scale - sz  # scaling keeps the order (to one rounding)
                 if not (math.isfinite(a1) and math.isfinite(a2) and math.isfinite(a3) and math.isfinite(a4)):
                     d1 = d2 = d3 = d4 = 0.0  # float32 overflow of z^4 (or NaN/Inf): this row in float64
                     for j in range(c):
