@@ -46,6 +46,29 @@ def _compiled(fastmath: bool | set[str]) -> Callable[[Callable[..., Any]], Any]:
     return wrap
 
 
+@_compiled(False)
+def _key16(v):
+    """The order key of a 16-bit float's bits `v` (int16): `v ^ ((v >> 15) & 0x7fff)` orders the floats as their
+    values, and is its own inverse. Every step cast back: numba widens narrow integer arithmetic to int64, which
+    does not vectorise (a 3x slower loop)."""
+    return np.int16(v ^ np.int16(np.int16(v >> np.int16(15)) & np.int16(0x7FFF)))
+
+
+@_compiled(False)
+def _key32(v):
+    """`_key16` for a float32's bits (int32)."""
+    return np.int32(v ^ np.int32(np.int32(v >> np.int32(31)) & np.int32(0x7FFFFFFF)))
+
+
+@_compiled(_FM)
+def _dot(f, x):
+    """`f . x` summed in float32 (vectorised: fastmath reassociates)."""
+    s = np.float32(0.0)
+    for j in range(f.shape[0]):
+        s += f[j] * x[j]
+    return s
+
+
 @_compiled(_FM)
 def _load(m, kind, lut, i, bits, f, pair, extremes):
     """Row `i` of `m` as float32 into `f` (`bits` is `f`'s uint32 view). With `extremes`, also returns the
@@ -62,19 +85,16 @@ def _load(m, kind, lut, i, bits, f, pair, extremes):
                 f[j] = m[i, j]
         return _extremes(bits.view(np.int32), pair) if extremes else (np.float32(0.0), np.float32(0.0))
     lo, hi = np.int16(32767), np.int16(-32768)
-    sign, mag = np.int16(15), np.int16(0x7FFF)
     for j in range(c):  # bfloat16: the upper half of a float32
         u = m[i, j]
         bits[j] = np.uint32(u) << np.uint32(16)
-        if extremes:  # the key `b ^ ((b >> 15) & 0x7fff)` orders 16-bit floats as their values
-            v = np.int16(u)
-            k = np.int16(v ^ np.int16(np.int16(v >> sign) & mag))
+        if extremes:
+            k = _key16(np.int16(u))
             lo = np.int16(min(lo, k))
             hi = np.int16(max(hi, k))
     if not extremes:
         return np.float32(0.0), np.float32(0.0)
-    ulo = np.uint16(np.int16(lo ^ np.int16(np.int16(lo >> sign) & mag)))  # the key's own inverse
-    uhi = np.uint16(np.int16(hi ^ np.int16(np.int16(hi >> sign) & mag)))
+    ulo, uhi = np.uint16(_key16(lo)), np.uint16(_key16(hi))  # the key's own inverse
     pair[0], pair[1] = np.int32(np.uint32(ulo) << np.uint32(16)), np.int32(np.uint32(uhi) << np.uint32(16))
     both = pair.view(np.float32)
     return both[0], both[1]
@@ -82,18 +102,14 @@ def _load(m, kind, lut, i, bits, f, pair, extremes):
 
 @_compiled(False)
 def _extremes(ibits, pair):
-    """Min and max of the float32 values whose bits are `ibits` (int32), compared as integers: the key
-    `b ^ ((b >> 31) & 0x7fffffff)` orders finite floats as their values, and integer min/max vectorise where
-    float ones do not (`pair`: an int32[2] scratch)."""
+    """Min and max of the float32 values whose bits are `ibits` (int32), compared as integers by `_key32`
+    (integer min/max vectorise where float ones do not; `pair`: an int32[2] scratch)."""
     lo, hi = np.int32(2147483647), np.int32(-2147483648)
-    sign, mag = np.int32(31), np.int32(0x7FFFFFFF)
-    for j in range(ibits.shape[0]):  # every step cast back: numba widens int32 arithmetic to int64, which
-        v = ibits[j]  # does not vectorise (a 3x slower loop)
-        k = np.int32(v ^ np.int32(np.int32(v >> sign) & mag))
+    for j in range(ibits.shape[0]):
+        k = _key32(ibits[j])
         lo = np.int32(min(lo, k))
         hi = np.int32(max(hi, k))
-    pair[0] = np.int32(lo ^ np.int32(np.int32(lo >> sign) & mag))
-    pair[1] = np.int32(hi ^ np.int32(np.int32(hi >> sign) & mag))
+    pair[0], pair[1] = _key32(lo), _key32(hi)
     both = pair.view(np.float32)
     return both[0], both[1]
 
@@ -120,20 +136,16 @@ def _groups(m, kind, lut, bounds, g0, g1, x, inv_scale, shift_z, given, moments,
             if given:
                 s = np.float32(x[i])
             else:
-                s = np.float32(0.0)
-                for j in range(c):
-                    s += f[j] * x[j]
+                s = _dot(f, x)
                 if math.isfinite(s):
                     s *= inv_scale
                 else:
                     unit = inv_scale
                     for j in range(c):
                         f[j] *= inv_scale
-                    s = np.float32(0.0)
-                    for j in range(c):
-                        s += f[j] * x[j]
+                    s = _dot(f, x)
+            k = inv_scale / unit  # f times k is the scaled value y (its multiply may fuse with the shift)
             if moments:
-                k = inv_scale / unit  # f times k is the scaled value y (its multiply may fuse with the shift)
                 a1 = a2 = a3 = a4 = aa = np.float32(0.0)
                 sz = np.float32(shift_z)
                 for j in range(c):
@@ -170,7 +182,7 @@ def _groups(m, kind, lut, bounds, g0, g1, x, inv_scale, shift_z, given, moments,
                     hi = rhi
             wv2 += np.float64(s) * np.float64(s)
             if want_acc:
-                w = s * (inv_scale / unit)  # f holds the row times `unit`
+                w = s * k
                 for j in range(c):
                     acc[g, j] += w * f[j]
         sums[g, 0], sums[g, 1], sums[g, 2], sums[g, 3], sums[g, 4] = t1, t2, t3, t4, tabs
