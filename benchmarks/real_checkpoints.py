@@ -183,6 +183,13 @@ def load_predictor(spec: str):
     return Predictor.load(None if spec == "default" else Path(spec))
 
 
+def into_page_cache(path: Path) -> None:
+    """Read the file once, so a timing that follows measures the encoder, not the disk."""
+    with path.open("rb") as f:
+        while f.read(64 << 20):
+            pass
+
+
 def child_encode(path: Path, device: str, budget: str, predictor: str) -> dict:
     from model.admission import Limits
     from model.chunking import chunk_file
@@ -191,9 +198,8 @@ def child_encode(path: Path, device: str, budget: str, predictor: str) -> dict:
 
     pred = load_predictor(predictor).to(device)
     warm_s = warm_up()  # once per process, like loading the predictor (the service does it at startup)
-    with path.open("rb") as f:  # into the page cache, as WeightWatcher's load is outside its timer and an
-        while f.read(64 << 20):  # upload's spool file was just written; a cold read here adds ~0.5 s a GB
-            pass
+    into_page_cache(path)  # as WeightWatcher's load is outside its timer and an upload's spool file was just
+    # written; a cold read here adds ~0.5 s a GB
     limits = Limits.unbudgeted() if budget == "full" else Limits()
     t0, c0 = time.perf_counter(), time.process_time()
     ck = chunk_file(path, pred.config.chunk_size, limits, seed=path.name)

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from benchmarks.encoder import best_of
+from benchmarks.real_checkpoints import into_page_cache
 from model import stats_pass
 from model.admission import Limits
 from model.checkpoint import CheckpointFile
@@ -68,9 +69,7 @@ def main() -> None:
         t = (torch.randn(r, c, generator=torch.Generator().manual_seed(0)) * 0.02).to(dtype)
         print(row(stats_pass.as_rows(t), dtype, pool, args.repeat))
     if args.checkpoint:
-        with open(args.checkpoint, "rb") as f:  # into the page cache, as an upload's spool file is
-            while f.read(64 << 20):
-                pass
+        into_page_cache(args.checkpoint)  # as an upload's spool file is
         with CheckpointFile(args.checkpoint, Limits.unbudgeted()) as ck:
             ref = max(ck.header.tensors.values(), key=lambda t: t.numel)
             t = ck.tensor(ref)

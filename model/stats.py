@@ -12,8 +12,8 @@ the 2-D reshaped matrix (a lower bound, so the stable rank is an upper bound). F
 autocorrelations inside the kernels. Every output is finite for any finite input.
 
 Cost: float32, bf16 and fp16 parts (every checkpoint we have seen) go through `model.stats_pass`: compiled
-loops read the stored dtype, one pass per power iteration, the first with the moments (~0.25 ns a value a
-pass). The torch path below serves float64 and is the reference the compiled one is tested against: one read
+loops read the stored dtype, one pass per power iteration, the first with the moments (0.2-0.6 ns a value a
+pass here: `benchmarks/stats_pass.py`). The torch path below serves float64 and is the reference the compiled one is tested against: one read
 of the source, a matrix part of at most `HELD_ELEMS` values converted into a `Scratch` buffer during that read
 and the power iteration run on the held copy; a larger part read again, block by block, for each iteration.
 """
