@@ -4,8 +4,12 @@
 spectral norm. Done with torch ops on 32 K blocks, that is a dozen kernel launches and temporaries per block
 and a float32 copy of the part (1.8 ns a value; 4.2 s of a 1.1 B-parameter checkpoint's 5 s encode). Here each
 pass is one numba loop over the part's rows that reads the stored dtype directly (bf16 by a shift, fp16 by a
-table, float32 as is), so a pass costs about one read of the file; every row's dot product and its share of
-`A^T (A x)` are taken while the row is in cache, so one power-iteration step is one pass, not two.
+table, float32 as is), so a pass costs about one read of the file. Rows go eight at a time: each row's dot
+product (and, in the first pass, its moments) while it is in cache, then the eight rows' share of
+`A^T (A x)` in one sweep, so `acc` is loaded and stored once per eight rows and one power-iteration step is
+one pass, not two. A power pass converts as it reads and copies nothing; the first pass loads each row into
+a float32 buffer and sums the moments there, in one loop for every dtype (a bf16 part and its float32 upcast
+give the same bits, tested).
 
 The rows are cut into `GROUPS` fixed groups whose partial sums are added in group order, so the result does
 not depend on how many threads ran them; the loops release the GIL and the groups run on a thread pool of
@@ -31,7 +35,6 @@ _FM = {"reassoc", "contract", "nsz", "arcp"}  # vectorised sums; NaN and Inf kee
 VECTOR_ROW = 4096  # values a row when a vector is read
 _NSUMS = 8  # per group: sum z, z^2, z^3, z^4, |y|; min z, max z; sum of squared row dots
 
-
 def _compiled(fastmath: bool | set[str]) -> Callable[[Callable[..., Any]], Any]:
     """`numba.njit`, without the GIL, cached on disk where numba finds a writable place (the package's
     `__pycache__`, `NUMBA_CACHE_DIR` or `~/.cache/numba`); with none (a read-only image and home), compiled in
@@ -45,19 +48,54 @@ def _compiled(fastmath: bool | set[str]) -> Callable[[Callable[..., Any]], Any]:
 
     return wrap
 
-
 @_compiled(False)
 def _key16(v):
     """The order key of a 16-bit float's bits `v` (int16): `v ^ ((v >> 15) & 0x7fff)` orders the floats as their
-    values, and is its own inverse. Every step cast back: numba widens narrow integer arithmetic to int64, which
-    does not vectorise (a 3x slower loop)."""
+    values (integer min/max vectorise where float ones do not), and is its own inverse. Every step cast back:
+    numba widens narrow integer arithmetic to int64, which does not vectorise (a 3x slower loop)."""
     return np.int16(v ^ np.int16(np.int16(v >> np.int16(15)) & np.int16(0x7FFF)))
-
 
 @_compiled(False)
 def _key32(v):
     """`_key16` for a float32's bits (int32)."""
     return np.int32(v ^ np.int32(np.int32(v >> np.int32(31)) & np.int32(0x7FFFFFFF)))
+
+@_compiled(_FM)
+def _load(m, kind, lut, i, f, extremes):
+    """Row `i` of `m` as float32 into `f`; with `extremes`, returns its min and max as float32, from integer
+    order keys: for bf16 of the raw 16 bits in the loading loop, else of the loaded float32 bits (an integer
+    min/max is exact in any order). The float sums after run on `f` alone, in one loop for every dtype, so a
+    bf16 file and its float32 upcast sum in the same order and give the same bits. NaN has no place in the
+    keys' order, which the caller's sums detect (the part is not finite)."""
+    c = m.shape[1]
+    bits = f.view(np.uint32)
+    if kind == 1:  # bfloat16: the upper half of a float32
+        lo16, hi16 = np.int16(32767), np.int16(-32768)
+        for j in range(c):
+            u = m[i, j]
+            bits[j] = np.uint32(u) << np.uint32(16)
+            if extremes:
+                k = _key16(np.int16(u))
+                lo16 = np.int16(min(lo16, k))
+                hi16 = np.int16(max(hi16, k))
+        lo = np.int32(np.uint32(np.uint16(_key16(lo16))) << np.uint32(16))  # the key's own inverse, widened
+        hi = np.int32(np.uint32(np.uint16(_key16(hi16))) << np.uint32(16))
+        return np.int32(lo).view(np.float32), np.int32(hi).view(np.float32)
+    if kind == 2:  # float16: looked up (the keys of the float32 bits after: in this loop, 1.6x slower)
+        for j in range(c):
+            f[j] = lut[np.intp(m[i, j])]
+    else:
+        for j in range(c):
+            f[j] = m[i, j]
+    if not extremes:
+        return np.float32(0.0), np.float32(0.0)
+    ib = f.view(np.int32)
+    lo, hi = np.int32(2147483647), np.int32(-2147483648)
+    for j in range(c):
+        k32 = _key32(ib[j])
+        lo = np.int32(min(lo, k32))
+        hi = np.int32(max(hi, k32))
+    return np.int32(_key32(lo)).view(np.float32), np.int32(_key32(hi)).view(np.float32)
 
 
 @_compiled(_FM)
@@ -68,50 +106,72 @@ def _dot(f, x):
         s += f[j] * x[j]
     return s
 
+@_compiled(_FM)
+def _at(m, kind, lut, i, j):
+    """Value `(i, j)` of `m` as float32, converted as it is read (bf16 by a shift, fp16 by the table)."""
+    if kind == 1:
+        return np.uint32(np.uint32(m[i, j]) << np.uint32(16)).view(np.float32)
+    if kind == 2:
+        return lut[np.intp(m[i, j])]
+    return np.float32(m[i, j])
+
 
 @_compiled(_FM)
-def _load(m, kind, lut, i, bits, f, pair, extremes):
-    """Row `i` of `m` as float32 into `f` (`bits` is `f`'s uint32 view). With `extremes`, also returns the
-    row's min and max, from integer order keys (`pair`: an int32[2] scratch): for bf16 rows of the raw 16 bits
-    in the loading loop, else of the loaded float32 bits. NaN has no place in that order, which the caller's
-    sums detect (the part is not finite)."""
-    c = m.shape[1]
-    if kind != 1:
-        if kind == 2:  # float16: looked up (the keys of the float32 bits after: a gather and integer ops in
-            for j in range(c):  # one loop ran 1.6x slower)
-                f[j] = lut[np.intp(m[i, j])]
-        else:
-            for j in range(c):
-                f[j] = m[i, j]
-        return _extremes(bits.view(np.int32), pair) if extremes else (np.float32(0.0), np.float32(0.0))
-    lo, hi = np.int16(32767), np.int16(-32768)
-    for j in range(c):  # bfloat16: the upper half of a float32
-        u = m[i, j]
-        bits[j] = np.uint32(u) << np.uint32(16)
-        if extremes:
-            k = _key16(np.int16(u))
-            lo = np.int16(min(lo, k))
-            hi = np.int16(max(hi, k))
-    if not extremes:
-        return np.float32(0.0), np.float32(0.0)
-    ulo, uhi = np.uint16(_key16(lo)), np.uint16(_key16(hi))  # the key's own inverse
-    pair[0], pair[1] = np.int32(np.uint32(ulo) << np.uint32(16)), np.int32(np.uint32(uhi) << np.uint32(16))
-    both = pair.view(np.float32)
-    return both[0], both[1]
+def _dot_raw(m, kind, lut, i, x):
+    """`row_i . x` straight from `m`, converted as it is read (a power pass loads no row: it streams the part
+    once). The same loop as `_dot` but for the conversion, and it sums every dtype in the same order (tested
+    against a float32 upcast, bit for bit)."""
+    s = np.float32(0.0)
+    for j in range(m.shape[1]):
+        s += _at(m, kind, lut, i, j) * x[j]
+    return s
 
 
-@_compiled(False)
-def _extremes(ibits, pair):
-    """Min and max of the float32 values whose bits are `ibits` (int32), compared as integers by `_key32`
-    (integer min/max vectorise where float ones do not; `pair`: an int32[2] scratch)."""
-    lo, hi = np.int32(2147483647), np.int32(-2147483648)
-    for j in range(ibits.shape[0]):
-        k = _key32(ibits[j])
-        lo = np.int32(min(lo, k))
-        hi = np.int32(max(hi, k))
-    pair[0], pair[1] = _key32(lo), _key32(hi)
-    both = pair.view(np.float32)
-    return both[0], both[1]
+@_compiled(_FM)
+def _moments(f, k, sz, out):
+    """Sums of z, z^2, z^3, z^4 and |y| over the row `f` (y = f k the scaled value, z = y - sz) into `out[:5]`,
+    in float32 and, where that overflowed, again in float64."""
+    a1 = a2 = a3 = a4 = aa = np.float32(0.0)
+    for j in range(f.shape[0]):
+        y = f[j] * k
+        aa += abs(y)
+        z = y - sz
+        z2 = z * z
+        a1 += z
+        a2 += z2
+        a3 += z2 * z
+        a4 += z2 * z2
+    if not (math.isfinite(a1) and math.isfinite(a2) and math.isfinite(a3) and math.isfinite(a4)):
+        d1 = d2 = d3 = d4 = 0.0  # float32 overflow of z^4 (or NaN/Inf): this row in float64
+        for j in range(f.shape[0]):
+            zd = np.float64(f[j] * k) - np.float64(sz)
+            d1 += zd
+            d2 += zd * zd
+            d3 += zd * zd * zd
+            d4 += zd * zd * zd * zd
+        out[0], out[1], out[2], out[3] = d1, d2, d3, d4
+    else:
+        out[0], out[1], out[2], out[3] = a1, a2, a3, a4
+    out[4] = aa
+
+@_compiled(_FM)
+def _axpy8(m, kind, lut, i, w, acc):
+    """`acc += sum_q w[q] row_{i+q}` over eight rows of `m` in one sweep (converted as read: they are still in
+    cache from their load), so `acc` is loaded and stored once per eight rows. No sum runs along the row, so
+    the order of the additions is the same for every dtype."""
+    w0, w1, w2, w3, w4, w5, w6, w7 = w[0], w[1], w[2], w[3], w[4], w[5], w[6], w[7]
+    for j in range(acc.shape[0]):
+        acc[j] += (w0 * _at(m, kind, lut, i, j) + w1 * _at(m, kind, lut, i + 1, j)
+                   + w2 * _at(m, kind, lut, i + 2, j) + w3 * _at(m, kind, lut, i + 3, j)
+                   + w4 * _at(m, kind, lut, i + 4, j) + w5 * _at(m, kind, lut, i + 5, j)
+                   + w6 * _at(m, kind, lut, i + 6, j) + w7 * _at(m, kind, lut, i + 7, j))
+
+
+@_compiled(_FM)
+def _axpy1(f, w, acc):
+    """`acc += w f` for one loaded row (the last rows of a group, or a row scaled before its dot product)."""
+    for j in range(acc.shape[0]):
+        acc[j] += w * f[j]
 
 
 @_compiled(_FM)
@@ -119,72 +179,60 @@ def _groups(m, kind, lut, bounds, g0, g1, x, inv_scale, shift_z, given, moments,
     """Rows of groups `g0..g1` (row bounds in `bounds`): per group its sums (`sums[g]`) and `acc[g]`.
 
     Row scalar `s_i` is `x[i]` when `given`, else the row's dot product with `x`; `acc[g] = sum_i s_i row_i`.
-    With `moments`, also the shifted moments of z = y - shift_z (y the scaled value), each row summed in
-    float32 and, if that overflowed, again in float64."""
+    With `moments`, also the shifted moments of z = y - shift_z (y the scaled value). Rows go eight at a
+    time: each loaded, its dot product and moments taken, then the eight rows' share of `acc` in one sweep.
+    A row is read unscaled and the scale folded into `s`, `acc` and the moments' values (no sweep to scale
+    it), unless its dot product overflows unscaled: then that row is scaled first and added to `acc` alone."""
     c = m.shape[1]
-    bits = np.empty(c, dtype=np.uint32)
-    f = bits.view(np.float32)
-    pair = np.empty(2, dtype=np.int32)
+    f = np.empty(c, dtype=np.float32)
+    w = np.empty(8, dtype=np.float32)
+    row = np.empty(5, dtype=np.float64)
+    sz = np.float32(shift_z)
     for g in range(g0, g1):
         t1 = t2 = t3 = t4 = tabs = wv2 = 0.0
         lo, hi = np.inf, -np.inf
-        for i in range(bounds[g], bounds[g + 1]):
-            # the row is read unscaled and the scale folded into s, acc and the moments' values (no sweep to
-            # scale it), unless its dot product overflows unscaled: then the row is scaled first
-            unit = np.float32(1.0)
-            rlo, rhi = _load(m, kind, lut, i, bits, f, pair, moments)  # of the raw row
-            if given:
-                s = np.float32(x[i])
-            else:
-                s = _dot(f, x)
-                if math.isfinite(s):
-                    s *= inv_scale
+        ag = acc[g]
+        for i0 in range(bounds[g], bounds[g + 1], 8):
+            rows = min(8, bounds[g + 1] - i0)
+            for q in range(rows):
+                loaded = moments or given or rows < 8
+                rlo = rhi = np.float32(0.0)
+                if loaded:
+                    rlo, rhi = _load(m, kind, lut, i0 + q, f, moments)  # of the raw row
+                unit = np.float32(1.0)
+                if given:
+                    s = np.float32(x[i0 + q])
                 else:
-                    unit = inv_scale
-                    for j in range(c):
-                        f[j] *= inv_scale
-                    s = _dot(f, x)
-            k = inv_scale / unit  # f times k is the scaled value y (its multiply may fuse with the shift)
-            if moments:
-                a1 = a2 = a3 = a4 = aa = np.float32(0.0)
-                sz = np.float32(shift_z)
-                for j in range(c):
-                    y = f[j] * k
-                    aa += abs(y)
-                    z = y - sz
-                    z2 = z * z
-                    a1 += z
-                    a2 += z2
-                    a3 += z2 * z
-                    a4 += z2 * z2
-                rlo, rhi = rlo * inv_scale - sz, rhi * inv_scale - sz  # scaling keeps the order (to one rounding)
-                if not (math.isfinite(a1) and math.isfinite(a2) and math.isfinite(a3) and math.isfinite(a4)):
-                    d1 = d2 = d3 = d4 = 0.0  # float32 overflow of z^4 (or NaN/Inf): this row in float64
-                    for j in range(c):
-                        zd = np.float64(f[j] * k) - np.float64(sz)
-                        d1 += zd
-                        d2 += zd * zd
-                        d3 += zd * zd * zd
-                        d4 += zd * zd * zd * zd
-                    t1 += d1
-                    t2 += d2
-                    t3 += d3
-                    t4 += d4
-                else:
-                    t1 += a1
-                    t2 += a2
-                    t3 += a3
-                    t4 += a4
-                tabs += aa
-                if not (rlo >= lo):  # NaN-safe: a NaN bound stays NaN
-                    lo = rlo
-                if not (rhi <= hi):
-                    hi = rhi
-            wv2 += np.float64(s) * np.float64(s)
-            if want_acc:
-                w = s * k
-                for j in range(c):
-                    acc[g, j] += w * f[j]
+                    s = _dot(f, x) if loaded else _dot_raw(m, kind, lut, i0 + q, x)
+                    if math.isfinite(s):
+                        s *= inv_scale
+                    else:
+                        if not loaded:
+                            _load(m, kind, lut, i0 + q, f, False)
+                        unit = inv_scale
+                        for j in range(c):
+                            f[j] *= inv_scale
+                        s = _dot(f, x)
+                k = inv_scale / unit  # f times k is the scaled value y (its multiply may fuse with the shift)
+                w[q] = s * k
+                wv2 += np.float64(s) * np.float64(s)
+                if moments:
+                    _moments(f, k, sz, row)
+                    t1 += row[0]
+                    t2 += row[1]
+                    t3 += row[2]
+                    t4 += row[3]
+                    tabs += row[4]
+                    rlo, rhi = rlo * inv_scale - sz, rhi * inv_scale - sz  # scaling keeps the order (to one rounding)
+                    if not (rlo >= lo):  # NaN-safe: a NaN bound stays NaN
+                        lo = rlo
+                    if not (rhi <= hi):
+                        hi = rhi
+                if want_acc and (rows < 8 or unit != 1):  # alone, while it is loaded (and scaled)
+                    _axpy1(f, w[q], ag)
+                    w[q] = 0.0
+            if want_acc and rows == 8:
+                _axpy8(m, kind, lut, i0, w, ag)
         sums[g, 0], sums[g, 1], sums[g, 2], sums[g, 3], sums[g, 4] = t1, t2, t3, t4, tabs
         sums[g, 5], sums[g, 6], sums[g, 7] = lo, hi, wv2
 
@@ -196,14 +244,11 @@ class Summary(NamedTuple):
     finite: bool  # every z was finite
     rayleigh: float  # ||A v||^2 after the power iteration, in units of scale^2 (0 for vectors)
 
-
 class Pass(NamedTuple):
     sums: np.ndarray  # [8] float64, the groups' sums added in order (min and max taken)
     acc: np.ndarray  # [c] float64, sum over rows of s_i * row_i (zeros without want_acc)
 
-
 _POOLS: dict[tuple[int, int], ThreadPoolExecutor] = {}
-
 
 def _pool(n: int) -> ThreadPoolExecutor:
     """The `n`-worker pool of this process (a forked child makes its own: threads do not survive a fork)."""
@@ -211,7 +256,6 @@ def _pool(n: int) -> ThreadPoolExecutor:
     if key not in _POOLS:
         _POOLS[key] = ThreadPoolExecutor(n, thread_name_prefix="sne-stats")
     return _POOLS[key]
-
 
 def warm_up() -> float:
     """Load (or, the first time on a machine, compile) the loops for every dtype; returns the seconds taken.
@@ -224,11 +268,9 @@ def warm_up() -> float:
         row_pass(rows, dtype, np.ones(2), 1.0, 0.0, given=False, moments=True, want_acc=True)
     return time.perf_counter() - t0
 
-
 def readable(t: torch.Tensor) -> bool:
     """Whether `row_pass` reads `t` directly (float32, bfloat16, float16; any contiguous layout)."""
     return t.dtype in KINDS and t.is_contiguous() and t.device.type == "cpu"
-
 
 def as_rows(m: torch.Tensor) -> np.ndarray:
     """A contiguous 2-D tensor as the numpy array the loops read (16-bit floats as their raw bits)."""
@@ -236,7 +278,6 @@ def as_rows(m: torch.Tensor) -> np.ndarray:
     if m.dtype in (torch.bfloat16, torch.float16):
         return m.view(torch.int16).numpy().view(np.uint16)
     return m.numpy()
-
 
 def row_pass(
     rows: np.ndarray, dtype: torch.dtype, x: np.ndarray, inv_scale: float, shift_z: float, *, given: bool,
@@ -263,7 +304,6 @@ def row_pass(
             fut.result()
     return Pass(_reduce(sums), acc.astype(np.float64).sum(0) if want_acc else np.zeros(c))
 
-
 def _reduce(sums: np.ndarray) -> np.ndarray:
     """`[k, 8]` partial sums (groups, or the pieces of a vector) -> `[8]`: added in order, min and max taken
     (a NaN bound stays NaN)."""
@@ -271,11 +311,9 @@ def _reduce(sums: np.ndarray) -> np.ndarray:
     total[5], total[6] = sums[:, 5].min(), sums[:, 6].max()
     return total
 
-
 def _summary(s: np.ndarray, rayleigh: float) -> Summary:
     """A reduced first pass as the `Summary`; finite when every sum and both bounds are."""
     return Summary([float(v) for v in s[:5]], float(s[5]), float(s[6]), bool(np.isfinite(s[:7]).all()), rayleigh)
-
 
 def moments_and_rayleigh(t: torch.Tensor, shift: float, scale: float, power_iters: int) -> Summary:
     """The shifted moments, extremes and Rayleigh quotient `model.stats.stats_and_scale` needs, from `readable(t)`.
@@ -313,7 +351,6 @@ def moments_and_rayleigh(t: torch.Tensor, shift: float, scale: float, power_iter
             wv2 = float(step.acc @ step.acc) / ss if ss > 0 else 0.0
         acc = step.acc
     return _summary(first.sums, wv2)
-
 
 def _vector_moments(t: torch.Tensor, shift: float, scale: float) -> Summary:
     """The moments of a part with no matrix statistics, read as rows of `VECTOR_ROW` values (and one shorter

@@ -130,3 +130,26 @@ def test_extremes_are_exact_for_every_dtype(dtype, shape):
         # to one rounding (the scale's multiply may fuse with the shift); neighbouring stored values lie
         # 1e3 times further apart, so the wrong element would fail
         assert abs(value - float(ref)) <= 2 * abs(float(np.spacing(ref))), (value, ref)
+
+
+@pytest.mark.parametrize("shape", [(300, 40), (40, 300), (64, 64), (16, 8, 3, 3), (2, 5000), (5000, 2), (37, 1021)], ids=str)
+@pytest.mark.parametrize("half", [torch.bfloat16, torch.float16], ids=str)
+def test_a_half_precision_part_and_its_float32_upcast_give_the_same_bits(half, shape):
+    """The loops convert as they read, so each dtype has its own machine code: every sum must still run in one
+    order for all of them, or a bf16 file and the same weights saved as float32 would embed differently."""
+    t = _part(shape, half, seed=7)
+    a, b = stats_and_scale(t), stats_and_scale(t.float())
+    assert torch.equal(a.stats, b.stats) and a.divisor == b.divisor
+
+
+def test_a_row_whose_dot_product_overflows_inside_a_block_is_scaled_alone(monkeypatch):
+    """Rows go eight at a time (256 rows: 16 groups of two blocks); one of them near float32's range (its
+    unscaled dot product is -inf) takes the scaled path and its own `acc` update, the other seven the block's:
+    the result still matches torch's."""
+    t = _part((256, 48), torch.float32, seed=3)
+    t[13] = 1e38 * torch.sign(t[13])  # row 13: the first group's second block, its sixth row
+    got, ref = stats_and_scale(t), _torch_path(t, monkeypatch)
+    assert math.isfinite(got.stats[STAT_NAMES.index("log_spectral")])
+    assert torch.allclose(got.stats, ref.stats, rtol=1e-5, atol=2e-5)
+    clean = stats_and_scale(torch.where(torch.arange(256)[:, None] == 13, 0.0, t))
+    assert not torch.allclose(got.stats, clean.stats, atol=1e-2)  # the row counted
