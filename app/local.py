@@ -8,11 +8,15 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from app.encoding import Encoding, StageTimes
 from app.parsing import ParsedCheckpoint, parse_upload
 from app.schemas import EncodeResponse, encode_response
 from app.settings import Settings
+from model.checkpoint import read_header
 from model.errors import CheckpointError
+from model.overlap import worth_overlapping
 from model.packing import pack
 from model.predictor import Predictor
 
@@ -57,6 +61,15 @@ class _Bar:
             self.bar.stop()
 
 
+def _overlap(source: Path | bytes, predictor: Predictor, settings: Settings) -> bool:
+    """Whether to encode while reading (`model.overlap`): for large files, from the header alone. A header that
+    cannot be read says no here; `parse_upload` then gives the refusal."""
+    try:
+        return worth_overlapping(read_header(source, settings.limits()).n_params, predictor.model)
+    except Exception:  # noqa: BLE001 - reported by parse_upload
+        return False
+
+
 def parse_file(source: Path | bytes, predictor: Predictor, settings: Settings | None = None) -> ParsedCheckpoint:
     """Parse one checkpoint under the service's limits; raises `CheckpointError` exactly as the service would.
 
@@ -69,7 +82,7 @@ def parse_file(source: Path | bytes, predictor: Predictor, settings: Settings | 
         raise CheckpointError("unreadable", f"cannot read checkpoint: {e.strerror or e}") from None
     bar = _Bar(f"reading {source}" if isinstance(source, Path) else "reading checkpoint")
     try:
-        return parse_upload(source, sha, predictor, settings.limits(), bar)
+        return parse_upload(source, sha, predictor, settings.limits(), bar, _overlap(source, predictor, settings))
     finally:
         bar.close()
 
@@ -77,7 +90,9 @@ def parse_file(source: Path | bytes, predictor: Predictor, settings: Settings | 
 def encode_parsed(parsed: Sequence[ParsedCheckpoint], predictor: Predictor) -> list[EncodeResponse]:
     """One packed forward over already-parsed checkpoints; one `/v1/encode` body per checkpoint."""
     t0 = time.perf_counter()
-    predictions = predictor.predict_packed(pack([p.chunked for p in parsed]))
+    vectors = [p.vectors for p in parsed if p.vectors is not None]
+    together = torch.cat(vectors, dim=-2) if len(vectors) == len(parsed) else None  # all read overlapped, or none
+    predictions = predictor.predict_packed(pack([p.chunked for p in parsed]), vectors=together)
     encode_ms = (time.perf_counter() - t0) * 1000
     out = []
     for p, prediction in zip(parsed, predictions):

@@ -12,10 +12,13 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import torch
+
 from app.errors import Reason
 from model.admission import Limits
 from model.chunking import ChunkedLayer, LayerRow, Progress, chunk_file
 from model.errors import CheckpointError
+from model.overlap import read_with_vectors
 from model.predictor import Predictor
 
 __all__ = ["LayerRow", "ParsedCheckpoint", "parse_upload"]
@@ -31,18 +34,22 @@ class ParsedCheckpoint:
     skipped: list[dict] = field(default_factory=list)
     n_chunks: int = 0  # chunks the encoder will see (after budget sampling)
     parse_ms: float = 0.0
+    vectors: torch.Tensor | None = None  # the parts' chunk-path vectors, computed while reading (`overlap`)
 
 
 def parse_upload(
-    source: bytes | Path, sha256: str, predictor: Predictor, limits: Limits, progress: Progress | None = None
+    source: bytes | Path, sha256: str, predictor: Predictor, limits: Limits, progress: Progress | None = None,
+    overlap: bool = False,
 ) -> ParsedCheckpoint:
-    """Admit and chunk one checkpoint with the predictor's chunk size; samples are seeded by `sha256`.
+    """Admit and chunk one checkpoint with the predictor's chunk size; samples are seeded by `sha256`. With
+    `overlap` the predictor's encoder also computes the parts' chunk-path vectors while the file is read
+    (`model.overlap`; the CLI does this for large files, the service's batched worker encodes them itself).
 
     Whatever else goes wrong while reading an upload (a library limit, an overflow, memory) is the file's
     fault too: it becomes a `CheckpointError` (422), never a 500.
     """
     try:
-        return _parse(source, sha256, predictor, limits, progress)
+        return _parse(source, sha256, predictor, limits, progress, overlap)
     except CheckpointError:
         raise
     except MemoryError:
@@ -54,9 +61,15 @@ def parse_upload(
 
 
 def _parse(
-    source: bytes | Path, sha256: str, predictor: Predictor, limits: Limits, progress: Progress | None = None
+    source: bytes | Path, sha256: str, predictor: Predictor, limits: Limits, progress: Progress | None = None,
+    overlap: bool = False,
 ) -> ParsedCheckpoint:
     t0 = time.perf_counter()
-    ck = chunk_file(source, predictor.config.chunk_size, limits, sha256, progress)
+    c = predictor.config.chunk_size
+    vectors = None
+    if overlap:
+        ck, vectors = read_with_vectors(source, predictor.model, c, limits, sha256, progress, predictor.device)
+    else:
+        ck = chunk_file(source, c, limits, sha256, progress)
     skipped = [{"name": s.name, "dtype": s.dtype, "shape": s.shape, "reason": s.reason} for s in ck.skipped]
-    return ParsedCheckpoint(sha256, ck.layers, ck.rows, skipped, ck.n_chunks, (time.perf_counter() - t0) * 1000)
+    return ParsedCheckpoint(sha256, ck.layers, ck.rows, skipped, ck.n_chunks, (time.perf_counter() - t0) * 1000, vectors)

@@ -163,11 +163,13 @@ def chunk_part(
 
 
 Progress = Callable[[int, int], None]  # (parameters done, parameters in all) after each part
+OnLayer = Callable[["ChunkedLayer"], None]  # each layer as soon as all its parts are chunked
 
 
 def _chunk_planned(
     plan: Admission, get: Callable[[TensorRef], torch.Tensor], header: Header, seed: bytes | str,
     release: Callable[[TensorRef], None] = lambda ref: None, progress: Progress | None = None,
+    on_layer: OnLayer | None = None,
 ) -> ChunkedCheckpoint:
     layers, rows, done, everything = [], [], 0, plan.n_params
     scratch = Scratch()  # one buffer for every part's statistics: at most HELD_ELEMS values, freed on return
@@ -184,12 +186,15 @@ def _chunk_planned(
                 progress(done, everything)
             parts.append(("bias" if pp.part.role == "bias" else "weight", ch))
         layers.append(ChunkedLayer(spec.name, spec.kind, spec.level, parts))
+        if on_layer is not None:
+            on_layer(layers[-1])
         rows.append(LayerRow(spec.name, spec.kind.value, spec.level, spec.shape, spec.n_params, lp.total, lp.keep))
     return ChunkedCheckpoint(layers, rows, plan.skipped, header.metadata)
 
 
 def chunk_file(
-    source: str | Path | bytes, chunk_size: int, limits: Limits, seed: bytes | str, progress: Progress | None = None
+    source: str | Path | bytes, chunk_size: int, limits: Limits, seed: bytes | str, progress: Progress | None = None,
+    on_layer: OnLayer | None = None,
 ) -> ChunkedCheckpoint:
     """Admit, then chunk a safetensors file or its bytes one tensor at a time: the one entry point for uploads.
 
@@ -201,7 +206,7 @@ def chunk_file(
     with CheckpointFile(source, limits) as f:
         plan = admit(f.header, limits, chunk_size)
         try:
-            return _chunk_planned(plan, f.tensor, f.header, seed, f.release, progress)
+            return _chunk_planned(plan, f.tensor, f.header, seed, f.release, progress, on_layer)
         except CheckpointError as e:
             failure = CheckpointError(e.reason, e.message)
         except (RuntimeError, ValueError, TypeError, IndexError) as e:

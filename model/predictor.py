@@ -265,10 +265,14 @@ class Predictor:
         return chunk_checkpoint(ckpt, self.config.chunk_size)
 
     @torch.no_grad()
-    def predict_packed(self, batch: PackedBatch, autocast: torch.dtype | None = None) -> list[Prediction]:
+    def predict_packed(
+        self, batch: PackedBatch, autocast: torch.dtype | None = None, vectors: torch.Tensor | None = None
+    ) -> list[Prediction]:
+        """Predictions for a packed batch; `vectors`: its parts' chunk-path vectors when already computed
+        (`model.overlap.read_with_vectors`)."""
         batch = batch.to(self.device)
         with torch.autocast(self.device.type, dtype=autocast, enabled=autocast is not None):
-            out = self.model(batch)
+            out = self.model(batch, None if vectors is None else vectors.to(self.device))
         emb = out.embedding.float()  # [B, E]
         emb_np = emb.cpu().numpy()  # [B, E] float32
         acc = out.accuracy.float().cpu()  # [B]

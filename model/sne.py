@@ -112,24 +112,31 @@ class SNE(nn.Module):
         start = torch.arange(batch.n_chunks, device=elements.device) * c  # [N]
         return segment_apply(lambda x, m, _: self.chunk_encoder(x, m), elements, start, batch.lengths, self.cfg.slice_tokens)
 
-    def encode_parts(self, batch: PackedBatch) -> torch.Tensor:
+    def part_vectors(self, batch: PackedBatch) -> torch.Tensor:
+        """`[P, hidden]` the chunk path of every part: chunk encoder, then part encoder over its chunks. A part's
+        vector depends on its own chunks only, so the parts of a checkpoint may be encoded in pieces, as they
+        are read (`model.overlap`), and handed to `forward`."""
+        chunks = self.encode_chunks(batch)  # [N, h]
+        return segment_apply(
+            lambda x, m, _: self.part_encoder(x, m), chunks, batch.part_start, batch.part_len, self.cfg.slice_tokens
+        )  # [P, h]
+
+    def encode_parts(self, batch: PackedBatch, vectors: torch.Tensor | None = None) -> torch.Tensor:
         """Part tokens `[P, hidden]`: SNE part vector + statistics projection + type and level encodings."""
         h = self.cfg.hidden
         token = type_encoding(batch.part_type, h) + sinusoid(batch.part_level, h)  # [P, h]
         if self.cfg.use_chunks:
-            chunks = self.encode_chunks(batch)  # [N, h]
-            token = token + segment_apply(
-                lambda x, m, _: self.part_encoder(x, m), chunks, batch.part_start, batch.part_len, self.cfg.slice_tokens
-            )  # [P, h]
+            token = token + (vectors if vectors is not None else self.part_vectors(batch))  # [P, h]
         if self.cfg.use_stats:
             z = self.stats_features(batch.part_stats)  # [P, S] or [P, S * bins]
             token = token + self.stats_proj(torch.cat([z, batch.part_depth[:, None]], -1))  # [P, h]
         return token
 
-    def encode(self, batch: PackedBatch) -> tuple[torch.Tensor, torch.Tensor]:
-        """(network embeddings `[B, encoding]`, layer embeddings `[L, hidden]`)."""
+    def encode(self, batch: PackedBatch, vectors: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(network embeddings `[B, encoding]`, layer embeddings `[L, hidden]`); `vectors`: `part_vectors(batch)`
+        when already computed."""
         st = self.cfg.slice_tokens
-        parts = self.encode_parts(batch)  # [P, h]
+        parts = self.encode_parts(batch, vectors)  # [P, h]
         layers = segment_apply(lambda x, m, _: self.layer_encoder(x, m), parts, batch.layer_start, batch.layer_len, st)
         leveled = layers + sinusoid(batch.layer_level, layers.shape[-1])  # [L, h]
         nets = segment_apply(
@@ -137,8 +144,8 @@ class SNE(nn.Module):
         )  # [B, encoding]
         return nets, layers
 
-    def forward(self, batch: PackedBatch) -> SNEOutput:
-        emb, layers = self.encode(batch)
+    def forward(self, batch: PackedBatch, vectors: torch.Tensor | None = None) -> SNEOutput:
+        emb, layers = self.encode(batch, vectors)
         return SNEOutput(emb, layers, self.accuracy_head(emb).squeeze(-1), self.gap_head(emb).squeeze(-1))
 
 
@@ -160,8 +167,13 @@ class SNEEnsemble(nn.Module):
         for m in self.sne_members():
             m.fit_stats(part_stats)
 
-    def forward(self, batch: PackedBatch) -> SNEOutput:
-        outs = [m(batch) for m in self.sne_members()]
+    def part_vectors(self, batch: PackedBatch) -> torch.Tensor:
+        """`[members, P, hidden]`: each member's `SNE.part_vectors`."""
+        return torch.stack([m.part_vectors(batch) for m in self.sne_members()])
+
+    def forward(self, batch: PackedBatch, vectors: torch.Tensor | None = None) -> SNEOutput:
+        members = self.sne_members()
+        outs = [m(batch, None if vectors is None else vectors[k]) for k, m in enumerate(members)]
         return SNEOutput(
             torch.cat([o.embedding for o in outs], -1),  # [B, members * encoding]
             torch.cat([o.layer_embeddings for o in outs], -1),  # [L, members * hidden]

@@ -1,0 +1,103 @@
+"""Read and encode one checkpoint at once: the chunk path of the parts already read runs while the rest is read.
+
+A large checkpoint's encode is two long stages, each on one core: the exact statistics of every value
+(`model.chunking.chunk_file`, linear in the file) and the encoder's forward (bounded by the chunk budget). A
+part's chunk-path vector depends on its own chunks only (`SNE.part_vectors`), so here a worker thread encodes
+the parts in pieces of about `PIECE_CHUNKS` chunks as their layers come off the read, and the rest of the
+forward (statistics projection, layer and network encoders, heads) runs once on the whole checkpoint. On two
+cores the two stages overlap: a 1.1 B-parameter read and its forward take about as long as the longer of
+the two (`benchmarks/real_checkpoints.py`).
+
+Pieces are cut at fixed chunk counts, on layer boundaries, so one file always gives the same pieces and the
+same embedding; a checkpoint of at most one piece gives the bits of `model(pack([layers]))`, a larger one
+equals it to float rounding (the matrix products run over other batch sizes; tested).
+"""
+from __future__ import annotations
+
+import queue
+import threading
+from pathlib import Path
+
+import torch
+
+from model.admission import Limits
+from model.chunking import ChunkedCheckpoint, ChunkedLayer, Progress, chunk_file
+from model.packing import pack
+from model.sne import Encoder
+from model.stats_pass import READ_WORKERS
+
+PIECE_CHUNKS = 1024  # chunks a piece: the last piece is what runs after the read
+OVERLAP_PARAMS = 100_000_000  # below this the read is short (< ~0.15 s here) and pieces only cost: one forward
+_END = None
+
+
+def worth_overlapping(n_params: int, model: Encoder) -> bool:
+    """Whether `read_with_vectors` pays for a checkpoint of `n_params` (a stats-only model has no chunk path)."""
+    return n_params >= OVERLAP_PARAMS and model.cfg.use_chunks
+
+
+class _PieceEncoder:
+    """The worker: collects layers into pieces and encodes each piece's parts with `model.part_vectors`."""
+
+    def __init__(self, model: Encoder, device: torch.device) -> None:
+        self.model, self.device = model, device
+        self.inbox: queue.Queue[ChunkedLayer | None] = queue.Queue()
+        self.vectors: list[torch.Tensor] = []  # per piece: [P_i, h] (one SNE) or [members, P_i, h]
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, name="sne-pieces", daemon=True)
+        self.thread.start()
+
+    def _encode(self, piece: list[ChunkedLayer]) -> None:
+        with torch.no_grad():
+            self.vectors.append(self.model.part_vectors(pack([piece]).to(self.device)))
+
+    def _run(self) -> None:
+        piece: list[ChunkedLayer] = []
+        chunks = 0
+        while (layer := self.inbox.get()) is not _END:
+            if self.error is not None:
+                continue  # drain: the reader is told when it finishes
+            try:
+                piece.append(layer)
+                chunks += sum(ch.values.shape[0] for _, ch in layer.parts)
+                if chunks >= PIECE_CHUNKS:
+                    self._encode(piece)
+                    piece, chunks = [], 0
+            except BaseException as e:  # noqa: BLE001 - handed to the reader, raised there
+                self.error = e
+        try:
+            if piece and self.error is None:
+                self._encode(piece)
+        except BaseException as e:  # noqa: BLE001
+            self.error = e
+
+    def finish(self) -> torch.Tensor:
+        """Wait for the last piece; the parts' vectors in the checkpoint's order."""
+        self.inbox.put(_END)
+        self.thread.join()
+        if self.error is not None:
+            raise self.error
+        return torch.cat(self.vectors, dim=-2)
+
+    def abandon(self) -> None:
+        self.inbox.put(_END)
+        self.thread.join()
+
+
+def read_with_vectors(
+    source: str | Path | bytes, model: Encoder, chunk_size: int, limits: Limits, seed: bytes | str,
+    progress: Progress | None = None, device: torch.device | str = "cpu",
+) -> tuple[ChunkedCheckpoint, torch.Tensor]:
+    """`chunk_file`, and the part vectors of its checkpoint computed while it reads (the read takes one
+    statistics worker, the encoder the other core): `model(pack([ck.layers]), vectors)` is then the forward.
+    Raises what `chunk_file` raises, or what the encoder raised."""
+    worker = _PieceEncoder(model, torch.device(device))
+    token = READ_WORKERS.set(1)
+    try:
+        ck = chunk_file(source, chunk_size, limits, seed, progress, worker.inbox.put)
+    except BaseException:
+        worker.abandon()
+        raise
+    finally:
+        READ_WORKERS.reset(token)
+    return ck, worker.finish()

@@ -1,0 +1,94 @@
+"""Reading and encoding at once (model.overlap): the same predictions as reading, then encoding."""
+import threading
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from app.local import encode_parsed, parse_file
+from model import overlap
+from model.admission import Limits
+from model.chunking import chunk_file
+from model.errors import CheckpointError
+from model.packing import pack
+from model.predictor import Predictor
+
+
+def _mlp(path, widths=(64, 96, 64, 80, 48, 10), seed=0) -> None:
+    g = torch.Generator().manual_seed(seed)
+    state = {}
+    for i, (a, b) in enumerate(zip(widths, widths[1:])):
+        state[f"layers.{i}.weight"] = torch.randn(b, a, generator=g) / a**0.5
+        state[f"layers.{i}.bias"] = torch.randn(b, generator=g) * 0.1
+    save_file(state, path)
+
+
+@pytest.fixture(scope="module")
+def pred() -> Predictor:
+    return Predictor.load(None)
+
+
+def _both(path, pred):
+    c = pred.config.chunk_size
+    ck = chunk_file(path, c, Limits(), "seed")
+    with torch.no_grad():
+        plain = pred.model(pack([ck.layers]))
+    ck2, vectors = overlap.read_with_vectors(path, pred.model, c, Limits(), "seed")
+    with torch.no_grad():
+        both = pred.model(pack([ck2.layers]), vectors)
+    return plain, both, vectors
+
+
+def test_one_piece_gives_the_bits_of_the_plain_forward(tmp_path, pred):
+    _mlp(tmp_path / "m.safetensors")
+    plain, both, vectors = _both(tmp_path / "m.safetensors", pred)
+    assert vectors.shape[:2] == (pred.config.members, 10)  # [members, parts, hidden]
+    assert torch.equal(plain.embedding, both.embedding) and torch.equal(plain.logit, both.logit)
+
+
+def test_many_pieces_equal_the_plain_forward_to_rounding(tmp_path, pred, monkeypatch):
+    monkeypatch.setattr(overlap, "PIECE_CHUNKS", 200)  # ~2,000 chunks: about ten pieces
+    _mlp(tmp_path / "m.safetensors", widths=(128, 96, 128, 80, 64, 10))
+    plain, both, _ = _both(tmp_path / "m.safetensors", pred)
+    assert torch.allclose(plain.embedding, both.embedding, atol=1e-5)
+    assert abs(float(plain.accuracy[0]) - float(both.accuracy[0])) < 1e-5
+    # a vector in the wrong place would not pass: the parts' order matters
+    shuffled = pred.model(pack([chunk_file(tmp_path / "m.safetensors", 16, Limits(), "seed").layers]),
+                          _both(tmp_path / "m.safetensors", pred)[2].flip(-2))
+    assert not torch.allclose(plain.embedding, shuffled.embedding, atol=1e-3)
+
+
+def test_a_bad_tensor_is_refused_and_the_worker_stops(tmp_path, pred):
+    g = torch.Generator().manual_seed(1)
+    w = torch.randn(64, 64, generator=g)
+    w[5, 5] = float("nan")
+    save_file({"a.weight": torch.randn(64, 64, generator=g), "b.weight": w, "c.weight": torch.randn(10, 64)},
+              tmp_path / "nan.safetensors")
+    with pytest.raises(CheckpointError) as e:
+        overlap.read_with_vectors(tmp_path / "nan.safetensors", pred.model, 16, Limits(), "s")
+    assert e.value.reason == "non_finite"
+    assert not [t for t in threading.enumerate() if t.name == "sne-pieces"]
+
+
+def test_an_encoder_failure_reaches_the_caller(tmp_path, pred, monkeypatch):
+    _mlp(tmp_path / "m.safetensors")
+
+    def boom(batch):
+        raise RuntimeError("encoder failed")
+
+    monkeypatch.setattr(pred.model, "part_vectors", boom)
+    with pytest.raises(RuntimeError, match="encoder failed"):
+        overlap.read_with_vectors(tmp_path / "m.safetensors", pred.model, 16, Limits(), "s")
+    assert not [t for t in threading.enumerate() if t.name == "sne-pieces"]
+
+
+def test_the_cli_path_overlaps_large_files_with_the_same_answer(tmp_path, pred, monkeypatch):
+    _mlp(tmp_path / "m.safetensors")
+    (plain,) = encode_parsed([parse_file(tmp_path / "m.safetensors", pred)], pred)
+    assert parse_file(tmp_path / "m.safetensors", pred).vectors is None  # small: read, then encode
+    monkeypatch.setattr(overlap, "OVERLAP_PARAMS", 1_000)
+    parsed = parse_file(tmp_path / "m.safetensors", pred)
+    assert parsed.vectors is not None
+    (both,) = encode_parsed([parsed], pred)
+    assert both.sha256 == plain.sha256 and abs(both.predicted_accuracy - plain.predicted_accuracy) < 1e-6
+    assert both.embedding == pytest.approx(plain.embedding, abs=1e-6)
