@@ -195,8 +195,9 @@ def _groups(m, kind, lut, bounds, g0, g1, x, inv_scale, shift_z, given, moments,
         ag = acc[g]
         for i0 in range(bounds[g], bounds[g + 1], 8):
             rows = min(8, bounds[g + 1] - i0)
+            block = rows == 8 and kind != 2  # fp16 rows go one by one: one table lookup a value, not two
             for q in range(rows):
-                loaded = moments or given or rows < 8
+                loaded = moments or given or not block
                 rlo = rhi = np.float32(0.0)
                 if loaded:
                     rlo, rhi = _load(m, kind, lut, i0 + q, f, moments)  # of the raw row
@@ -229,10 +230,10 @@ def _groups(m, kind, lut, bounds, g0, g1, x, inv_scale, shift_z, given, moments,
                         lo = rlo
                     if not (rhi <= hi):
                         hi = rhi
-                if want_acc and (rows < 8 or unit != 1):  # alone, while it is loaded (and scaled)
+                if want_acc and (not block or unit != 1):  # alone, while it is loaded (and scaled)
                     _axpy1(f, w[q], ag)
                     w[q] = 0.0
-            if want_acc and rows == 8:
+            if want_acc and block:
                 _axpy8(m, kind, lut, i0, w, ag)
         sums[g, 0], sums[g, 1], sums[g, 2], sums[g, 3], sums[g, 4] = t1, t2, t3, t4, tabs
         sums[g, 5], sums[g, 6], sums[g, 7] = lo, hi, wv2
