@@ -123,7 +123,9 @@ def test_under_budget_equals_plain_chunking_divided_by_std(tmp_path):
     assert [l.name for l in a.layers] == ["conv", "fc"] and a.n_chunks == a.total_chunks == 512 + 2 + 188 + 1
     for x, y, z, w in zip(a.layers, b.layers, c.layers, legacy):
         for (_, ca), (_, cb), (_, cc), (_, cw) in zip(x.parts, y.parts, z.parts, w.parts):
-            assert torch.equal(ca.values, cb.values) and torch.equal(ca.values, cc.values) and torch.equal(ca.values, cw.values)
+            assert torch.equal(ca.values, cb.values) and torch.equal(ca.values, cc.values)
+            # the legacy path holds float32 copies: a bf16 part's passes may sum in another order (model.stats_pass)
+            assert torch.allclose(ca.values, cw.values, rtol=1e-6, atol=1e-6)
             assert torch.equal(ca.stats, cc.stats) and ca.total == ca.values.shape[0]
     conv = state["conv.weight"].double()
     got = a.layers[0].parts[0][1]
