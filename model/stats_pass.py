@@ -37,6 +37,7 @@ _FM = {"reassoc", "contract", "nsz", "arcp"}  # vectorised sums; NaN and Inf kee
 VECTOR_ROW = 4096  # values a row when a vector is read
 _NSUMS = 8  # per group: sum z, z^2, z^3, z^4, |y|; min z, max z; sum of squared row dots
 
+
 def _compiled(fastmath: bool | set[str]) -> Callable[[Callable[..., Any]], Any]:
     """`numba.njit`, without the GIL, cached on disk where numba finds a writable place (the package's
     `__pycache__`, `NUMBA_CACHE_DIR` or `~/.cache/numba`); with none (a read-only image and home), compiled in
@@ -50,6 +51,7 @@ def _compiled(fastmath: bool | set[str]) -> Callable[[Callable[..., Any]], Any]:
 
     return wrap
 
+
 @_compiled(False)
 def _key16(v):
     """The order key of a 16-bit float's bits `v` (int16): `v ^ ((v >> 15) & 0x7fff)` orders the floats as their
@@ -57,10 +59,12 @@ def _key16(v):
     numba widens narrow integer arithmetic to int64, which does not vectorise (a 3x slower loop)."""
     return np.int16(v ^ np.int16(np.int16(v >> np.int16(15)) & np.int16(0x7FFF)))
 
+
 @_compiled(False)
 def _key32(v):
     """`_key16` for a float32's bits (int32)."""
     return np.int32(v ^ np.int32(np.int32(v >> np.int32(31)) & np.int32(0x7FFFFFFF)))
+
 
 @_compiled(_FM)
 def _load(m, kind, lut, i, f, extremes):
@@ -107,6 +111,7 @@ def _dot(f, x):
         s += f[j] * x[j]
     return s
 
+
 @_compiled(_FM)
 def _at(m, kind, lut, i, j):
     """Value `(i, j)` of `m` as float32, converted as it is read (bf16 by a shift, fp16 by the table)."""
@@ -120,8 +125,8 @@ def _at(m, kind, lut, i, j):
 @_compiled(_FM)
 def _dot_raw(m, kind, lut, i, x):
     """`row_i . x` straight from `m`, converted as it is read (a power pass loads no row: it streams the part
-    once). The same loop as `_dot` but for the conversion, and it sums every dtype in the same order (tested
-    against a float32 upcast, bit for bit)."""
+    once). The same loop as `_dot` but for the conversion; compiled per dtype, so a bf16 part and its float32
+    upcast may sum in another order (they agree to rounding, tested)."""
     s = np.float32(0.0)
     for j in range(m.shape[1]):
         s += _at(m, kind, lut, i, j) * x[j]
@@ -155,11 +160,11 @@ def _moments(f, k, sz, out):
         out[0], out[1], out[2], out[3] = a1, a2, a3, a4
     out[4] = aa
 
+
 @_compiled(_FM)
 def _axpy8(m, kind, lut, i, w, acc):
     """`acc += sum_q w[q] row_{i+q}` over eight rows of `m` in one sweep (converted as read: they are still in
-    cache from their load), so `acc` is loaded and stored once per eight rows. No sum runs along the row, so
-    the order of the additions is the same for every dtype."""
+    cache from their load), so `acc` is loaded and stored once per eight rows."""
     w0, w1, w2, w3, w4, w5, w6, w7 = w[0], w[1], w[2], w[3], w[4], w[5], w[6], w[7]
     for j in range(acc.shape[0]):
         acc[j] += (w0 * _at(m, kind, lut, i, j) + w1 * _at(m, kind, lut, i + 1, j)
@@ -263,14 +268,17 @@ class Summary(NamedTuple):
     finite: bool  # every z was finite
     rayleigh: float  # ||A v||^2 after the power iteration, in units of scale^2 (0 for vectors)
 
+
 class Pass(NamedTuple):
     sums: np.ndarray  # [8] float64, the groups' sums added in order (min and max taken)
     acc: np.ndarray  # [c] float64, sum over rows of s_i * row_i (zeros without want_acc)
+
 
 _POOLS: dict[tuple[int, int], ThreadPoolExecutor] = {}
 # workers a pass may use in this context; None: `torch.get_num_threads()`. `model.overlap` reads on one while
 # the encoder runs on the other core
 READ_WORKERS: ContextVar[int | None] = ContextVar("READ_WORKERS", default=None)
+
 
 def _pool(n: int) -> ThreadPoolExecutor:
     """The `n`-worker pool of this process (a forked child makes its own: threads do not survive a fork)."""
@@ -278,6 +286,7 @@ def _pool(n: int) -> ThreadPoolExecutor:
     if key not in _POOLS:
         _POOLS[key] = ThreadPoolExecutor(n, thread_name_prefix="sne-stats")
     return _POOLS[key]
+
 
 def warm_up() -> float:
     """Load (or, the first time on a machine, compile) the loops for every dtype; returns the seconds taken.
@@ -290,9 +299,11 @@ def warm_up() -> float:
         row_pass(rows, dtype, np.ones(2), 1.0, 0.0, given=False, moments=True, want_acc=True)
     return time.perf_counter() - t0
 
+
 def readable(t: torch.Tensor) -> bool:
     """Whether `row_pass` reads `t` directly (float32, bfloat16, float16; any contiguous layout)."""
     return t.dtype in KINDS and t.is_contiguous() and t.device.type == "cpu"
+
 
 def as_rows(m: torch.Tensor) -> np.ndarray:
     """A contiguous 2-D tensor as the numpy array the loops read (16-bit floats as their raw bits)."""
@@ -300,6 +311,7 @@ def as_rows(m: torch.Tensor) -> np.ndarray:
     if m.dtype in (torch.bfloat16, torch.float16):
         return m.view(torch.int16).numpy().view(np.uint16)
     return m.numpy()
+
 
 def row_pass(
     rows: np.ndarray, dtype: torch.dtype, x: np.ndarray, inv_scale: float, shift_z: float, *, given: bool,
@@ -326,6 +338,7 @@ def row_pass(
             fut.result()
     return Pass(_reduce(sums), acc.astype(np.float64).sum(0) if want_acc else np.zeros(c))
 
+
 def _reduce(sums: np.ndarray) -> np.ndarray:
     """`[k, 8]` partial sums (groups, or the pieces of a vector) -> `[8]`: added in order, min and max taken
     (a NaN bound stays NaN)."""
@@ -333,9 +346,11 @@ def _reduce(sums: np.ndarray) -> np.ndarray:
     total[5], total[6] = sums[:, 5].min(), sums[:, 6].max()
     return total
 
+
 def _summary(s: np.ndarray, rayleigh: float) -> Summary:
     """A reduced first pass as the `Summary`; finite when every sum and both bounds are."""
     return Summary([float(v) for v in s[:5]], float(s[5]), float(s[6]), bool(np.isfinite(s[:7]).all()), rayleigh)
+
 
 def moments_and_rayleigh(t: torch.Tensor, shift: float, scale: float, power_iters: int) -> Summary:
     """The shifted moments, extremes and Rayleigh quotient `model.stats.stats_and_scale` needs, from `readable(t)`.
@@ -373,6 +388,7 @@ def moments_and_rayleigh(t: torch.Tensor, shift: float, scale: float, power_iter
             wv2 = float(step.acc @ step.acc) / ss if ss > 0 else 0.0
         acc = step.acc
     return _summary(first.sums, wv2)
+
 
 def _vector_moments(t: torch.Tensor, shift: float, scale: float) -> Summary:
     """The moments of a part with no matrix statistics, read as rows of `VECTOR_ROW` values (and one shorter
