@@ -14,9 +14,7 @@ from app.encoding import Encoding, StageTimes
 from app.parsing import ParsedCheckpoint, parse_upload
 from app.schemas import EncodeResponse, encode_response
 from app.settings import Settings
-from model.checkpoint import read_header
 from model.errors import CheckpointError
-from model.overlap import worth_overlapping
 from model.packing import pack
 from model.predictor import Predictor
 
@@ -61,15 +59,6 @@ class _Bar:
             self.bar.stop()
 
 
-def _overlap(source: Path | bytes, predictor: Predictor, settings: Settings) -> bool:
-    """Whether to encode while reading (`model.overlap`): for large files, from the header alone. A header that
-    cannot be read says no here; `parse_upload` then gives the refusal."""
-    try:
-        return worth_overlapping(read_header(source, settings.limits()).n_params, predictor.model)
-    except Exception:  # noqa: BLE001 - reported by parse_upload
-        return False
-
-
 def parse_file(source: Path | bytes, predictor: Predictor, settings: Settings | None = None) -> ParsedCheckpoint:
     """Parse one checkpoint under the service's limits; raises `CheckpointError` exactly as the service would.
 
@@ -82,7 +71,7 @@ def parse_file(source: Path | bytes, predictor: Predictor, settings: Settings | 
         raise CheckpointError("unreadable", f"cannot read checkpoint: {e.strerror or e}") from None
     bar = _Bar(f"reading {source}" if isinstance(source, Path) else "reading checkpoint")
     try:
-        return parse_upload(source, sha, predictor, settings.limits(), bar, _overlap(source, predictor, settings))
+        return parse_upload(source, sha, predictor, settings.limits(), bar, overlap=True)  # large files: model.overlap
     finally:
         bar.close()
 

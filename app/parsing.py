@@ -15,10 +15,10 @@ from pathlib import Path
 import torch
 
 from app.errors import Reason
+from model import overlap as overlapped
 from model.admission import Limits
 from model.chunking import ChunkedLayer, LayerRow, Progress, chunk_file
 from model.errors import CheckpointError
-from model.overlap import read_with_vectors
 from model.predictor import Predictor
 
 __all__ = ["LayerRow", "ParsedCheckpoint", "parse_upload"]
@@ -42,8 +42,8 @@ def parse_upload(
     overlap: bool = False,
 ) -> ParsedCheckpoint:
     """Admit and chunk one checkpoint with the predictor's chunk size; samples are seeded by `sha256`. With
-    `overlap` the predictor's encoder also computes the parts' chunk-path vectors while the file is read
-    (`model.overlap`; the CLI does this for large files, the service's batched worker encodes them itself).
+    `overlap`, a large file's parts' chunk-path vectors are also computed while it is read (`model.overlap`;
+    the CLI asks for this, the service's batched worker encodes every upload itself).
 
     Whatever else goes wrong while reading an upload (a library limit, an overflow, memory) is the file's
     fault too: it becomes a `CheckpointError` (422), never a 500.
@@ -68,7 +68,7 @@ def _parse(
     c = predictor.config.chunk_size
     vectors = None
     if overlap:
-        ck, vectors = read_with_vectors(source, predictor.model, c, limits, sha256, progress, predictor.device)
+        ck, vectors = overlapped.read(source, predictor.model, c, limits, sha256, progress, predictor.device)
     else:
         ck = chunk_file(source, c, limits, sha256, progress)
     skipped = [{"name": s.name, "dtype": s.dtype, "shape": s.shape, "reason": s.reason} for s in ck.skipped]

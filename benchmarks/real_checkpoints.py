@@ -193,10 +193,8 @@ def into_page_cache(path: Path) -> None:
 
 
 def child_encode(path: Path, device: str, budget: str, predictor: str) -> dict:
+    from model import overlap
     from model.admission import Limits
-    from model.checkpoint import read_header
-    from model.chunking import chunk_file
-    from model.overlap import read_with_vectors, worth_overlapping
     from model.packing import pack
     from model.stats_pass import warm_up
 
@@ -206,11 +204,8 @@ def child_encode(path: Path, device: str, budget: str, predictor: str) -> dict:
     # written; a cold read here adds ~0.5 s a GB
     limits = Limits.unbudgeted() if budget == "full" else Limits()
     t0, c0 = time.perf_counter(), time.process_time()
-    overlap = worth_overlapping(read_header(path, limits).n_params, pred.model)  # as `sne encode` decides
-    if overlap:  # the parts' chunk path runs while the file is read (model.overlap)
-        ck, vectors = read_with_vectors(path, pred.model, pred.config.chunk_size, limits, path.name, device=device)
-    else:
-        ck, vectors = chunk_file(path, pred.config.chunk_size, limits, seed=path.name), None
+    ck, vectors = overlap.read(path, pred.model, pred.config.chunk_size, limits, path.name, device=device)  # as
+    # `sne encode` reads: from 100 M parameters the parts' chunk path runs while the file is read
     t1 = time.perf_counter()
     with torch.no_grad():
         out = pred.model(pack([ck.layers]).to(device), vectors)
@@ -220,7 +215,7 @@ def child_encode(path: Path, device: str, budget: str, predictor: str) -> dict:
     t2, c2 = time.perf_counter(), time.process_time()
     return {
         "params": ck.n_params, "chunks_seen": ck.n_chunks, "chunks_total": ck.total_chunks,
-        "read_s": t1 - t0, "encode_s": t2 - t0, "cpu_s": c2 - c0, "overlapped": overlap,
+        "read_s": t1 - t0, "encode_s": t2 - t0, "cpu_s": c2 - c0, "overlapped": vectors is not None,
         "rss_mb": _peak_rss_mb(), "embedding": emb.tolist(), "accuracy": acc, "warm_up_s": warm_s,
     }
 

@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 
 from model.admission import Limits
+from model.checkpoint import read_header
 from model.chunking import ChunkedCheckpoint, ChunkedLayer, Progress, chunk_file
 from model.packing import pack
 from model.sne import Encoder
@@ -34,6 +35,18 @@ _END = None
 def worth_overlapping(n_params: int, model: Encoder) -> bool:
     """Whether `read_with_vectors` pays for a checkpoint of `n_params` (a stats-only model has no chunk path)."""
     return n_params >= OVERLAP_PARAMS and model.cfg.use_chunks
+
+
+def read(
+    source: str | Path | bytes, model: Encoder, chunk_size: int, limits: Limits, seed: bytes | str,
+    progress: Progress | None = None, device: torch.device | str = "cpu",
+) -> tuple[ChunkedCheckpoint, torch.Tensor | None]:
+    """`read_with_vectors` where the header says it pays (`worth_overlapping`), else `chunk_file` and no
+    vectors: how `sne encode` and the benchmark read. A header that cannot be read raises what `chunk_file`
+    would (the same `CheckpointFile` check)."""
+    if worth_overlapping(read_header(source, limits).n_params, model):
+        return read_with_vectors(source, model, chunk_size, limits, seed, progress, device)
+    return chunk_file(source, chunk_size, limits, seed, progress), None
 
 
 class _PieceEncoder:
@@ -52,23 +65,20 @@ class _PieceEncoder:
             self.vectors.append(self.model.part_vectors(pack([piece]).to(self.device)))
 
     def _run(self) -> None:
-        piece: list[ChunkedLayer] = []
-        chunks = 0
-        while (layer := self.inbox.get()) is not _END:
-            if self.error is not None:
-                continue  # drain: the reader is told when it finishes
-            try:
+        """Pieces until the reader's end mark; on an error, stop (the reader's later layers wait in the queue,
+        which it holds anyway) and leave the error for `finish`."""
+        try:
+            piece: list[ChunkedLayer] = []
+            chunks = 0
+            while (layer := self.inbox.get()) is not _END:
                 piece.append(layer)
                 chunks += sum(ch.values.shape[0] for _, ch in layer.parts)
                 if chunks >= PIECE_CHUNKS:
                     self._encode(piece)
                     piece, chunks = [], 0
-            except BaseException as e:  # noqa: BLE001 - handed to the reader, raised there
-                self.error = e
-        try:
-            if piece and self.error is None:
+            if piece:
                 self._encode(piece)
-        except BaseException as e:  # noqa: BLE001
+        except BaseException as e:  # noqa: BLE001 - handed to the reader, raised there
             self.error = e
 
     def finish(self) -> torch.Tensor:
