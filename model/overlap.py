@@ -52,8 +52,8 @@ def read(
 class _PieceEncoder:
     """The worker: collects layers into pieces and encodes each piece's parts with `model.part_vectors`."""
 
-    def __init__(self, model: Encoder, device: torch.device) -> None:
-        self.model, self.device = model, device
+    def __init__(self, model: Encoder, device: torch.device, threads: int) -> None:
+        self.model, self.device, self.threads = model, device, threads
         self.inbox: queue.Queue[ChunkedLayer | None] = queue.Queue()
         self.vectors: list[torch.Tensor] = []  # per piece: [P_i, h] (one SNE) or [members, P_i, h]
         self.error: BaseException | None = None
@@ -66,7 +66,11 @@ class _PieceEncoder:
 
     def _run(self) -> None:
         """Pieces until the reader's end mark; on an error, stop (the reader's later layers wait in the queue,
-        which it holds anyway) and leave the error for `finish`."""
+        which it holds anyway) and leave the error for `finish`. torch's thread count is per thread: this
+        one sets its own, so the reader keeps a core. The get comes first because torch sets a thread's count
+        on its first call, from the last count set anywhere, which would undo a set made before it."""
+        torch.get_num_threads()
+        torch.set_num_threads(self.threads)
         try:
             piece: list[ChunkedLayer] = []
             chunks = 0
@@ -99,15 +103,20 @@ def read_with_vectors(
     progress: Progress | None = None, device: torch.device | str = "cpu",
 ) -> tuple[ChunkedCheckpoint, torch.Tensor]:
     """`chunk_file`, and the part vectors of its checkpoint computed while it reads (the read takes one
-    statistics worker, the encoder the other core): `model(pack([ck.layers]), vectors)` is then the forward.
-    Raises what `chunk_file` raises, or what the encoder raised."""
-    worker = _PieceEncoder(model, torch.device(device))
+    statistics worker, the encoder the other torch threads, at least one, so two threads on two cores do not
+    become three: measured in the README's benchmark): `model(pack([ck.layers]), vectors)` is then the
+    forward. Raises what `chunk_file` raises, or what the encoder raised."""
+    threads = torch.get_num_threads()
+    worker = _PieceEncoder(model, torch.device(device), max(1, threads - 1))
     token = READ_WORKERS.set(1)
+    torch.set_num_threads(1)  # the reader's own torch calls are small: a second thread would spin beside them
     try:
-        ck = chunk_file(source, chunk_size, limits, seed, progress, worker.inbox.put)
-    except BaseException:
-        worker.abandon()
-        raise
-    finally:
+        try:
+            ck = chunk_file(source, chunk_size, limits, seed, progress, worker.inbox.put)
+        except BaseException:
+            worker.abandon()
+            raise
+        return ck, worker.finish()
+    finally:  # the worker has ended: the caller's count again, and the one new threads start with
+        torch.set_num_threads(threads)
         READ_WORKERS.reset(token)
-    return ck, worker.finish()

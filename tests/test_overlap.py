@@ -92,3 +92,37 @@ def test_the_cli_path_overlaps_large_files_with_the_same_answer(tmp_path, pred, 
     (both,) = encode_parsed([parsed], pred)
     assert both.sha256 == plain.sha256 and abs(both.predicted_accuracy - plain.predicted_accuracy) < 1e-6
     assert both.embedding == pytest.approx(plain.embedding, abs=1e-6)
+
+
+@pytest.mark.parametrize("threads, worker_threads", [(1, 1), (2, 1), (3, 2)])
+def test_the_worker_leaves_the_reader_a_core(tmp_path, pred, monkeypatch, threads, worker_threads):
+    """On two cores the encoder must not run two torch threads beside the reader (three threads, two cores)."""
+    _mlp(tmp_path / "m.safetensors")
+    seen: list[int] = []
+    part_vectors = pred.model.part_vectors
+
+    def counting(batch):
+        seen.append(torch.get_num_threads())
+        return part_vectors(batch)
+
+    monkeypatch.setattr(pred.model, "part_vectors", counting)
+    reader: list[int] = []
+
+    def reading(*args):
+        reader.append(torch.get_num_threads())
+        return chunk_file(*args)
+
+    monkeypatch.setattr(overlap, "chunk_file", reading)
+    old = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        overlap.read_with_vectors(tmp_path / "m.safetensors", pred.model, 16, Limits(), "s")
+        assert seen and set(seen) == {worker_threads} and reader == [1]  # two threads on two cores, not three
+        assert torch.get_num_threads() == threads  # the caller's count is untouched
+        later: list[int] = []
+        t = threading.Thread(target=lambda: later.append(torch.get_num_threads()))
+        t.start()
+        t.join()
+        assert later == [threads]  # and so is the count a new thread starts with
+    finally:
+        torch.set_num_threads(old)
