@@ -25,7 +25,6 @@ from model.checkpoint import read_header
 from model.chunking import ChunkedCheckpoint, ChunkedLayer, Progress, chunk_file
 from model.packing import pack
 from model.sne import Encoder
-from model.stats_pass import READ_WORKERS
 
 PIECE_CHUNKS = 1024  # chunks a piece: the last piece is what runs after the read
 OVERLAP_PARAMS = 100_000_000  # below this the read is short (< ~0.15 s here) and pieces only cost: one forward
@@ -108,8 +107,8 @@ def read_with_vectors(
     forward. Raises what `chunk_file` raises, or what the encoder raised."""
     threads = torch.get_num_threads()
     worker = _PieceEncoder(model, torch.device(device), max(1, threads - 1))
-    token = READ_WORKERS.set(1)
-    torch.set_num_threads(1)  # the reader's own torch calls are small: a second thread would spin beside them
+    torch.set_num_threads(1)  # the statistics pass on one worker (`stats_pass` reads this count); the reader's
+    # own torch calls are small: a second thread would spin beside them
     try:
         try:
             ck = chunk_file(source, chunk_size, limits, seed, progress, worker.inbox.put)
@@ -119,4 +118,3 @@ def read_with_vectors(
         return ck, worker.finish()
     finally:  # the worker has ended: the caller's count again, and the one new threads start with
         torch.set_num_threads(threads)
-        READ_WORKERS.reset(token)

@@ -14,7 +14,7 @@ passes' loops are compiled per dtype and may sum in another order.
 
 The rows are cut into `GROUPS` fixed groups whose partial sums are added in group order, so the result does
 not depend on how many threads ran them; the loops release the GIL and the groups run on a thread pool of
-`torch.get_num_threads()` workers (`READ_WORKERS` where set).
+`torch.get_num_threads()` workers (the calling thread's count: `model.overlap` reads on one).
 """
 from __future__ import annotations
 
@@ -23,7 +23,6 @@ import os
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from contextvars import ContextVar
 from typing import Any, NamedTuple
 
 import numba
@@ -275,9 +274,6 @@ class Pass(NamedTuple):
 
 
 _POOLS: dict[tuple[int, int], ThreadPoolExecutor] = {}
-# workers a pass may use in this context; None: `torch.get_num_threads()`. `model.overlap` reads on one while
-# the encoder runs on the other core
-READ_WORKERS: ContextVar[int | None] = ContextVar("READ_WORKERS", default=None)
 
 
 def _pool(n: int) -> ThreadPoolExecutor:
@@ -329,7 +325,7 @@ def row_pass(
         _groups(rows, KINDS[dtype], _F16, bounds, g0, g1, xs, np.float32(inv_scale), shift_z, given, moments,
                 want_acc, sums, acc)
 
-    workers = max(1, min(READ_WORKERS.get() or torch.get_num_threads(), n_groups, r * c // (1 << 16) or 1))
+    workers = max(1, min(torch.get_num_threads(), n_groups, r * c // (1 << 16) or 1))
     if workers == 1:
         run(0, n_groups)
     else:
