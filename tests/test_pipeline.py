@@ -68,6 +68,62 @@ def test_a_ple_predictor_is_saved_with_its_quantile_edges_and_serves_the_same(zo
         assert torch.equal(loaded.model(batch).logit, pred.model(batch).logit)
 
 
+def test_ema_validates_and_keeps_the_average_without_changing_the_training(zoos, tmp_path):
+    """`ema`: the raw weights follow the same trajectory as without it (bit for bit); what is validated, logged
+    and kept is the moving average, saved beside the resume state so a resumed run continues it."""
+    from safetensors.torch import load_file
+
+    from model.evaluation.metrics import kendall_tau
+    from model.training.examples import load_split, predict_examples
+
+    a, _ = zoos
+    opts = TrainOptions(config="tiny", epochs=2, batch_size=16, lr=3e-3, lir_weight=0.0, seed=0, collapse_retries=0)
+    plain = train([a], tmp_path / "plain", opts, progress=False)
+    averaged = train([a], tmp_path / "ema", replace(opts, ema=0.9), progress=False)
+    raw_plain = load_file(tmp_path / "plain" / "resume" / "model.safetensors")
+    raw_ema = load_file(tmp_path / "ema" / "resume" / "model.safetensors")
+    assert raw_plain.keys() == raw_ema.keys() and all(torch.equal(raw_plain[k], raw_ema[k]) for k in raw_plain)
+    ema_state = load_file(tmp_path / "ema" / "resume" / "ema.safetensors")
+    assert int(ema_state["n_averaged"]) == 2 * -(-len(load_split([a], "train", get_config("tiny").chunk_size, None, 0, "fail", False).examples) // 16)
+    moved = max(float((ema_state[f"module.{k}"] - raw_ema[k]).abs().max()) for k in raw_ema)
+    assert moved > 1e-4  # the average lags the last steps by ~1000x float32 rounding at these weights
+    # the logged val tau of the last epoch is the average's, and the kept weights are the average at its best epoch
+    card = json.loads((tmp_path / "ema" / "card.json").read_text())["training"]
+    model = SNE(get_config("tiny"))
+    model.load_state_dict({k.removeprefix("module."): v for k, v in ema_state.items() if k != "n_averaged"})
+    val = load_split([a], "val", get_config("tiny").chunk_size, None, 0, "fail", False).examples
+    tau = kendall_tau(predict_examples(model, val)["acc"], [e.acc for e in val])
+    assert tau == pytest.approx(card["history"][0][-1]["val_kendall_tau"], abs=1e-12)
+    kept = load_file(tmp_path / "ema" / "resume" / "best.safetensors")
+    final = {k: v for k, v in averaged.model.state_dict().items()}
+    assert all(torch.equal(kept[k], final[k]) for k in kept)
+    assert plain.version != averaged.version
+
+
+def test_an_interrupted_ema_run_resumes_its_average(zoos, tmp_path):
+    """The average is saved each epoch and restored on resume: it continues over every step, not from zero."""
+    import importlib
+
+    from safetensors.torch import load_file
+
+    loop = importlib.import_module("model.training.train")
+    a, _ = zoos
+    opts = TrainOptions(config="tiny", epochs=2, batch_size=16, lr=3e-3, lir_weight=0.0, seed=0, collapse_retries=0,
+                        ema=0.9)
+
+    def stop(*_args):
+        raise KeyboardInterrupt
+
+    with pytest.MonkeyPatch.context() as mp, pytest.raises(KeyboardInterrupt):
+        mp.setattr(loop, "save_curves", stop)  # called after each epoch's state is saved
+        train([a], tmp_path / "run", opts, progress=False)
+    resume = tmp_path / "run" / "resume"
+    one_epoch = int(load_file(resume / "ema.safetensors")["n_averaged"])
+    assert one_epoch > 0 and json.loads((resume / "state.json").read_text())["epoch"] == 1
+    train([a], tmp_path / "run", opts, progress=False)
+    assert int(load_file(resume / "ema.safetensors")["n_averaged"]) == 2 * one_epoch
+
+
 def test_end_to_end(zoos, tmp_path):
     a, b = zoos
     rows = load_index(a)

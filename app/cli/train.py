@@ -70,6 +70,10 @@ def train_command(
     kind_drop: Annotated[float, typer.Option(
         min=0.0, max=1.0, help="Chance each layer's kind is shown as 'other' in a training step (type augmentation).",
     )] = 0.0,
+    ema: Annotated[float, typer.Option(
+        min=0.0, max=0.9999, help="Validate and keep an exponential moving average of the weights with this decay "
+        "per step (0 = off; e.g. 0.9 averages over about ten steps).",
+    )] = 0.0,
     lir_fraction: Annotated[float, typer.Option(
         min=0.0, max=1.0, help="Share of each batch also encoded with permuted hidden units.",
     )] = 0.25,
@@ -99,7 +103,7 @@ def train_command(
     torch.set_num_threads(threads)
     opts = TrainOptions(config=config, stats_view=stats_view.value, stats_encoding=stats_encoding.value, members=members, collapse_retries=collapse_retries, epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
                         warmup=warmup, rank_weight=rank_weight, patience=patience, train_chunks=train_chunks,
-                        lir_weight=lir_weight, gap_weight=gap_weight, gap_detach=gap_detach, layer_drop=layer_drop, kind_drop=kind_drop,
+                        lir_weight=lir_weight, gap_weight=gap_weight, gap_detach=gap_detach, layer_drop=layer_drop, kind_drop=kind_drop, ema=ema,
                         lir_fraction=lir_fraction, clip_grad=clip_grad, max_train=max_train, max_eval=max_eval, seed=seed,
                         device=device.value, name=name, on_bad_checkpoint=on_bad_checkpoint.value)
     pred = train(sources, out, opts, resume="keep" if resume else "restart" if restart else "check")

@@ -20,12 +20,14 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, replace
 from datetime import date
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from rich.progress import Progress
 from safetensors.torch import load_file, save_file
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from model.admission import Limits
 from model.architecture import seen_architectures, signature
@@ -77,6 +79,7 @@ class TrainOptions:
     gap_detach: bool = False  # the gap head reads the embedding without steering it (the accuracy ranking alone does)
     layer_drop: float = 0.0  # chance each middle depth level is left out of a training step (depth augmentation)
     kind_drop: float = 0.0  # chance each layer's kind is shown as `other` in a training step (type augmentation)
+    ema: float = 0.0  # decay of an exponential moving average of the weights, validated and kept instead (0 = off)
     max_train: int | None = None  # subsample the train split (CPU budgets)
     max_eval: int | None = None  # subsample the val split used for model selection and calibration
     seed: int = 0
@@ -213,6 +216,8 @@ def fit_member(
     model.to(opts.device)
     opt = torch.optim.AdamW(model.parameters(), lr=opts.lr, weight_decay=opts.weight_decay)
     info = load_resume(resume_dir, model, opt) or {"epoch": 0, "best_tau": -2.0, "history": []}
+    ema = weight_average(model, opts.ema, resume_dir)  # what is validated and kept: the average, or the model
+    judged: SNE = cast(SNE, ema.module) if ema is not None else model
     info.update(meta)
     best = load_file(resume_dir / "best.safetensors") if (resume_dir / "best.safetensors").exists() else None
     gen = torch.Generator().manual_seed(opts.seed)
@@ -251,9 +256,11 @@ def fit_member(
                 for group in opt.param_groups:
                     group["lr"] = opts.lr * lr_factor(epoch * steps + s, opts.epochs * steps, opts.warmup)
                 opt.step()
+                if ema is not None:
+                    ema.update_parameters(model)
                 losses.append(loss.item())
                 bar.update(task, advance=1, description=f"epoch {epoch + 1}/{opts.epochs} loss {np.mean(losses):.4f}")
-            val = predict_examples(model, val_set)
+            val = predict_examples(judged, val_set)
             tau = kendall_tau(val["acc"], val_true)
             spread = float(np.std(val["acc"]))
             info["history"].append(
@@ -261,11 +268,14 @@ def fit_member(
             )
             if tau > info["best_tau"]:
                 info["best_tau"], info["best_epoch"] = tau, epoch + 1
-                best = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+                best = {k: v.detach().cpu().clone() for k, v in judged.state_dict().items()}
                 resume_dir.mkdir(parents=True, exist_ok=True)
                 save_file(best, resume_dir / "best.safetensors")
             info["epoch"] = epoch + 1
             info["seconds"] = info.get("seconds", 0.0) + time.time() - t_epoch  # survives resumes, unlike wall time
+            if ema is not None:  # before the state that says which epoch is done
+                resume_dir.mkdir(parents=True, exist_ok=True)
+                save_file({k: v.contiguous() for k, v in ema.state_dict().items()}, resume_dir / "ema.safetensors")
             save_resume(resume_dir, model, opt, info)
             collapsed = "  COLLAPSED to a constant" if spread < COLLAPSE_STD else ""
             bar.console.print(
@@ -277,6 +287,17 @@ def fit_member(
         raise ValueError(f"no epoch was trained (epochs={opts.epochs}): nothing to select a model from")
     model.load_state_dict(best)
     return info
+
+
+def weight_average(model: SNE, decay: float, resume_dir: Path) -> AveragedModel | None:
+    """An exponential moving average of `model`'s weights (torch's `AveragedModel`), restored from `resume_dir`
+    when a run resumes; None when `decay` is 0. Its buffers (the fitted statistics codes) are the model's."""
+    if decay <= 0:
+        return None
+    ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay))
+    if (resume_dir / "ema.safetensors").exists():
+        ema.load_state_dict(load_file(resume_dir / "ema.safetensors"))
+    return ema
 
 
 def finalize(
