@@ -95,7 +95,7 @@ def test_ema_validates_and_keeps_the_average_without_changing_the_training(zoos,
     tau = kendall_tau(predict_examples(model, val)["acc"], [e.acc for e in val])
     assert tau == pytest.approx(card["history"][0][-1]["val_kendall_tau"], abs=1e-12)
     kept = load_file(tmp_path / "ema" / "resume" / "best.safetensors")
-    final = {k: v for k, v in averaged.model.state_dict().items()}
+    final = averaged.model.state_dict()
     assert all(torch.equal(kept[k], final[k]) for k in kept)
     assert plain.version != averaged.version
 

@@ -215,9 +215,10 @@ def fit_member(
     model.fit_stats(stats)
     model.to(opts.device)
     opt = torch.optim.AdamW(model.parameters(), lr=opts.lr, weight_decay=opts.weight_decay)
-    info = load_resume(resume_dir, model, opt) or {"epoch": 0, "best_tau": -2.0, "history": []}
-    ema = weight_average(model, opts.ema, resume_dir)  # what is validated and kept: the average, or the model
+    # what is validated and kept: the average of the weights, or the model itself
+    ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(opts.ema)) if opts.ema > 0 else None
     judged: SNE = cast(SNE, ema.module) if ema is not None else model
+    info = load_resume(resume_dir, model, opt, ema) or {"epoch": 0, "best_tau": -2.0, "history": []}
     info.update(meta)
     best = load_file(resume_dir / "best.safetensors") if (resume_dir / "best.safetensors").exists() else None
     gen = torch.Generator().manual_seed(opts.seed)
@@ -273,10 +274,7 @@ def fit_member(
                 save_file(best, resume_dir / "best.safetensors")
             info["epoch"] = epoch + 1
             info["seconds"] = info.get("seconds", 0.0) + time.time() - t_epoch  # survives resumes, unlike wall time
-            if ema is not None:  # before the state that says which epoch is done
-                resume_dir.mkdir(parents=True, exist_ok=True)
-                save_file({k: v.contiguous() for k, v in ema.state_dict().items()}, resume_dir / "ema.safetensors")
-            save_resume(resume_dir, model, opt, info)
+            save_resume(resume_dir, model, opt, info, ema)
             collapsed = "  COLLAPSED to a constant" if spread < COLLAPSE_STD else ""
             bar.console.print(
                 f"seed {opts.seed} epoch {epoch + 1}: loss {np.mean(losses):.4f}  val τ {tau:.4f}  "
@@ -287,17 +285,6 @@ def fit_member(
         raise ValueError(f"no epoch was trained (epochs={opts.epochs}): nothing to select a model from")
     model.load_state_dict(best)
     return info
-
-
-def weight_average(model: SNE, decay: float, resume_dir: Path) -> AveragedModel | None:
-    """An exponential moving average of `model`'s weights (torch's `AveragedModel`), restored from `resume_dir`
-    when a run resumes; None when `decay` is 0. Its buffers (the fitted statistics codes) are the model's."""
-    if decay <= 0:
-        return None
-    ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay))
-    if (resume_dir / "ema.safetensors").exists():
-        ema.load_state_dict(load_file(resume_dir / "ema.safetensors"))
-    return ema
 
 
 def finalize(
