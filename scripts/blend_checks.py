@@ -1,13 +1,13 @@
 """Does averaging SNE with a statistics GBM out-rank both? Kendall tau of the blends, on the table's splits.
 
 SNE and the pooled-statistics GBM err on different checkpoints, so their average may rank better than either.
-This check fits two GBMs on the training zoo's train split (the table's pooled GBM over `pooled.layer_tokens`,
-and the same regressor over SNE's own per-part statistics pooled the same way, which the service already
-computes while it reads a checkpoint), picks each blend's weight w on the validation split (p = w * SNE +
-(1 - w) * GBM, w in 0.1..0.9), and reports the test split of the training zoo (in-distribution), of the
-cross-dataset zoo, and every checkpoint of the held-out zoos (cross-family), plus the split-conformal 90 %
-interval of each blend (calibrated on the validation split, like the card's plain interval). One CPU thread,
-about 2 to 4 min.
+This check fits three GBMs on the training zoo's train split (the table's pooled GBM over `pooled.layer_tokens`,
+the same regressor over SNE's own per-part statistics pooled the same way, which the service already computes
+while it reads a checkpoint, and, as a tree head on the encoder, over those statistics beside SNE's embedding),
+picks each blend's weight w on the validation split (p = w * SNE + (1 - w) * GBM, w in 0.1..0.9), and reports
+the test split of the training zoo (in-distribution), of the cross-dataset zoo, and every checkpoint of the
+held-out zoos (cross-family), plus the split-conformal 90 % interval of each blend (calibrated on the validation
+split, like the card's plain interval). One CPU thread, about 2 to 4 min.
 
     python scripts/blend_checks.py --predictor model/predictors/default
 """
@@ -30,10 +30,13 @@ WEIGHTS = tuple(round(0.1 * k, 1) for k in range(1, 10))
 
 
 def features(pred: Predictor, exs: list[Example]) -> dict[str, np.ndarray]:
+    out = predict_examples(pred.model, exs)
+    stats = np.stack([sne_pooled_features(e.layers) for e in exs])
     return {
-        "sne": predict_examples(pred.model, exs)["acc"],
+        "sne": out["acc"],
         "pooled": np.stack([pooled_features(e.state) for e in exs]),
-        "sne stats": np.stack([sne_pooled_features(e.layers) for e in exs]),
+        "sne stats": stats,
+        "sne stats+emb": np.concatenate([stats, out["emb"].numpy()], axis=1),
         "y": np.array([e.acc for e in exs]),
     }
 
@@ -54,7 +57,8 @@ def main() -> None:
         return features(pred, load_examples([zoo], split, size, n, 0, "skip"))
 
     train, val = load(a.train_zoo, "train", a.max_train), load(a.train_zoo, "val")
-    gbms = {f"GBM[{k}]": (k, StatNN(seed=0).fit(train[k], train["y"])) for k in ("pooled", "sne stats")}
+    keys = ("pooled", "sne stats", "sne stats+emb")
+    gbms = {f"GBM[{k}]": (k, StatNN(seed=0).fit(train[k], train["y"])) for k in keys}
 
     def scores(f: dict[str, np.ndarray], weights: dict[str, float]) -> dict[str, np.ndarray]:
         out = {"SNE": f["sne"]} | {g: m.predict(f[k]) for g, (k, m) in gbms.items()}
