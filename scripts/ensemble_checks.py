@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from held_out_checks import HELD_OUT, every_split
+from held_out_checks import HELD_OUT, every_split, load_predictors
 
 from model.evaluation.metrics import kendall_tau
 from model.predictor import Predictor
@@ -38,10 +38,7 @@ def main() -> None:
     ap.add_argument("--zoos", type=Path, default=Path("zoos"), help=f"folder holding {', '.join(HELD_OUT)}")
     a = ap.parse_args()
     torch.set_num_threads(1)
-    preds = {str(p): Predictor.load(p) for p in a.predictor}
-    size = next(iter(preds.values())).config.chunk_size
-    if any(p.config.chunk_size != size for p in preds.values()):
-        raise SystemExit("the predictors must share a chunk size (they are scored on the same examples)")
+    preds, size = load_predictors(a.predictor)
     splits: dict[str, tuple[list[Example], np.ndarray]] = {}
     for key, zoo, split in (("val", a.train_zoo, "val"), ("test", a.train_zoo, "test"), ("cross", a.cross_dataset_zoo, "test")):
         exs = load_examples([zoo], split, size, None, 0, "skip")

@@ -33,6 +33,15 @@ def every_split(zoo: Path, chunk_size: int) -> tuple[list[Example], np.ndarray]:
     return [e for exs in splits.values() for e in exs], np.array([s == "test" for s, exs in splits.items() for _ in exs])
 
 
+def load_predictors(paths: list[Path]) -> tuple[dict[str, Predictor], int]:
+    """The predictors by path, and the chunk size they share (they are scored on the same examples)."""
+    preds = {str(p): Predictor.load(p) for p in paths}
+    size = next(iter(preds.values())).config.chunk_size
+    if any(p.config.chunk_size != size for p in preds.values()):
+        raise SystemExit("the predictors must share a chunk size (they are scored on the same examples)")
+    return preds, size
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--predictor", type=Path, action="append", required=True, help="repeatable")
@@ -41,10 +50,7 @@ def main() -> None:
     ap.add_argument("--max-train", type=int, default=1000, help="as the build script's MAX_TRAIN")
     a = ap.parse_args()
     torch.set_num_threads(1)
-    preds = {str(p): Predictor.load(p) for p in a.predictor}
-    size = next(iter(preds.values())).config.chunk_size
-    if any(p.config.chunk_size != size for p in preds.values()):
-        raise SystemExit("the predictors must share a chunk size (they are scored on the same examples)")
+    preds, size = load_predictors(a.predictor)
     train = load_examples([a.train_zoo], "train", size, a.max_train, 0, "skip")
     tokens = [layer_tokens(e.state) for e in train]
     gbms = {  # the table's baseline, and the same on shape-free tokens (as `sne train --stats-view relative`)
