@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -22,6 +22,7 @@ from model.admission import Admission, Limits, admit
 from model.checkpoint import Checkpoint, CheckpointFile, Header, TensorRef, check_finite
 from model.errors import CheckpointError
 from model.layers import KIND_IDS, LayerKind, Skipped, part_rows
+from model.pairs import N_PAIR, PairTracker
 from model.stats import Scratch, stats_and_scale
 
 ROLES = ("weight", "bias")
@@ -61,6 +62,8 @@ class ChunkedLayer:
     kind: LayerKind
     level: int
     parts: list[tuple[str, Chunks]]  # ("weight", chunks), ("bias", chunks)
+    # [N_PAIR] float32: the weight against the previous weight in depth order (`model.pairs`); 0 without one
+    pair: torch.Tensor = field(default_factory=lambda: torch.zeros(N_PAIR))
 
 
 @dataclass(frozen=True)
@@ -173,19 +176,22 @@ def _chunk_planned(
 ) -> ChunkedCheckpoint:
     layers, rows, done, everything = [], [], 0, plan.n_params
     scratch = Scratch()  # one buffer for every part's statistics: at most HELD_ELEMS values, freed on return
+    pairs = PairTracker()  # holds one Gram of at most model.pairs.MAX_UNITS^2 values
     for lp in plan.layers:
-        spec, parts = lp.spec, []
+        spec, parts, pair = lp.spec, [], torch.zeros(N_PAIR)
         for pp in lp.parts:
             ref = header.tensors[pp.part.key]
             t = get(ref)  # NaN/Inf are caught by chunk_part's one read of the values
             ch = chunk_part(t, spec.kind, pp.part.role, plan.chunk_size, pp.keep, seed, ref.name, scratch)
+            if pp.part.role != "bias":
+                pair = pairs.step(t)  # after chunk_part: the values are known to be finite
             del t
             release(ref)
             done += ref.numel
             if progress is not None:
                 progress(done, everything)
             parts.append(("bias" if pp.part.role == "bias" else "weight", ch))
-        layers.append(ChunkedLayer(spec.name, spec.kind, spec.level, parts))
+        layers.append(ChunkedLayer(spec.name, spec.kind, spec.level, parts, pair))
         if on_layer is not None:
             on_layer(layers[-1])
         rows.append(LayerRow(spec.name, spec.kind.value, spec.level, spec.shape, spec.n_params, lp.total, lp.keep))
@@ -238,5 +244,11 @@ def chunk_layer(layer, c: int) -> ChunkedLayer:
 
 
 def chunk_checkpoint(ckpt: Checkpoint, c: int) -> list[ChunkedLayer]:
-    """All layers of an in-memory checkpoint, pad-chunked with chunk size `c` (no budget)."""
-    return [chunk_layer(layer, c) for layer in ckpt.layers]
+    """All layers of an in-memory checkpoint, pad-chunked with chunk size `c` (no budget), with their pair
+    statistics as `chunk_file` computes them."""
+    pairs, out = PairTracker(), []
+    for layer in ckpt.layers:
+        chunked = chunk_layer(layer, c)
+        main = next((t for role, t in layer.parts if role != "bias"), None)
+        out.append(replace(chunked, pair=pairs.step(main)) if main is not None else chunked)
+    return out

@@ -30,6 +30,9 @@ class SNEConfig(BaseModel):
         "standard", description="statistics standardised (mean/std), or piecewise-linear over training quantile bins"
     )
     stats_bins: int = Field(16, ge=2, description="quantile bins per statistic for stats_encoding='ple'")
+    pair_stats: bool = Field(
+        False, description="add a learned projection of each layer's pair statistics with the layer before it (model.pairs)"
+    )
     members: int = Field(1, ge=1, description="SNEs trained from different seeds whose logits are averaged")
     slice_tokens: int = Field(
         32768, ge=64, description="set elements per attention call: bounds memory and keeps CPU work in cache"

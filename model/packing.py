@@ -13,6 +13,7 @@ from dataclasses import dataclass, fields
 import torch
 
 from model.chunking import ChunkedLayer, Chunks, type_id
+from model.pairs import N_PAIR
 from model.stats import N_STATS
 
 
@@ -30,6 +31,7 @@ class PackedBatch:
     layer_start: torch.Tensor  # [L] first part of each layer
     layer_len: torch.Tensor  # [L]
     layer_level: torch.Tensor  # [L]
+    layer_pair: torch.Tensor  # [L, N_PAIR] each layer's weight against the previous weight (`model.pairs`)
     ckpt_start: torch.Tensor  # [B] first layer of each checkpoint
     ckpt_len: torch.Tensor  # [B]
 
@@ -73,7 +75,7 @@ def pack(checkpoints: Sequence[Sequence[ChunkedLayer]]) -> PackedBatch:
     """One batch from chunked checkpoints (each a list of `ChunkedLayer`)."""
     chunks: list[Chunks] = []
     part_len, part_total, part_type, part_level, part_depth = [], [], [], [], []
-    layer_len, layer_level, ckpt_len = [], [], []
+    layer_len, layer_level, layer_pair, ckpt_len = [], [], [], []
     for layers in checkpoints:
         if not layers:
             raise ValueError("pack() got a checkpoint without layers")
@@ -82,6 +84,7 @@ def pack(checkpoints: Sequence[Sequence[ChunkedLayer]]) -> PackedBatch:
         for layer in layers:
             layer_len.append(len(layer.parts))
             layer_level.append(layer.level)
+            layer_pair.append(layer.pair.to(torch.float32))
             for role, ch in layer.parts:
                 if ch.values.shape[0] < 1:
                     raise ValueError(f"layer {layer.name!r}: part {role!r} has no chunks")
@@ -107,6 +110,7 @@ def pack(checkpoints: Sequence[Sequence[ChunkedLayer]]) -> PackedBatch:
         layer_start=_starts(layer_len),
         layer_len=torch.tensor(layer_len, dtype=torch.int64),
         layer_level=torch.tensor(layer_level, dtype=torch.int64),
+        layer_pair=torch.stack(layer_pair) if layer_pair else torch.zeros(0, N_PAIR),
         ckpt_start=_starts(ckpt_len),
         ckpt_len=torch.tensor(ckpt_len, dtype=torch.int64),
     )

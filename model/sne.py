@@ -4,6 +4,7 @@
     part_encoder     chunks of a part    -> part vector         ISAB stack + PMA  (linear in the chunk count)
       + stats_proj   exact statistics of ALL the part's values  -> added to the part vector
     layer_encoder    parts of a layer    -> layer vector        SAB stack + PMA   (weight, bias)
+      + pair_proj    the layer's weight against the previous one (`model.pairs`) -> added to the layer vector
     network_encoder  layers              -> network embedding   SAB stack + PMA   (layers are few)
     accuracy_head / gap_head             -> logits
     SNEEnsemble      `cfg.members` SNEs from different seeds   -> logits averaged, embeddings concatenated
@@ -23,6 +24,7 @@ from torch import nn
 from model.blocks import SetStack, segment_apply, sinusoid
 from model.config import SNEConfig
 from model.packing import PackedBatch
+from model.pairs import N_PAIR
 from model.stats import N_STATS, relative_view
 
 STATS_CLAMP = 8.0  # standardised statistics are clipped to +-this: far-off checkpoints stay finite
@@ -68,6 +70,8 @@ class SNE(nn.Module):
             self.register_buffer("stats_scale", torch.ones(N_STATS))
             if cfg.stats_encoding == "ple":
                 self.register_buffer("stats_edges", torch.linspace(-1, 1, cfg.stats_bins + 1).repeat(N_STATS, 1))
+        if cfg.pair_stats:  # how the layer's weight lines up with the previous one -> added to the layer vector
+            self.pair_proj = nn.Sequential(nn.Linear(N_PAIR, h), nn.ReLU(), nn.Linear(h, h))
         self.layer_encoder = SetStack(h, h, h, cfg.sab_blocks, nh, ln)
         self.network_encoder = SetStack(h, h, cfg.encoding, cfg.sab_blocks, nh, ln)
         hh = cfg.head_hidden
@@ -139,6 +143,8 @@ class SNE(nn.Module):
         parts = self.encode_parts(batch, vectors)  # [P, h]
         layers = segment_apply(lambda x, m, _: self.layer_encoder(x, m), parts, batch.layer_start, batch.layer_len, st)
         leveled = layers + sinusoid(batch.layer_level, layers.shape[-1])  # [L, h]
+        if self.cfg.pair_stats:
+            leveled = leveled + self.pair_proj(batch.layer_pair)  # [L, h]
         nets = segment_apply(
             lambda x, m, _: self.network_encoder(x, m), leveled, batch.ckpt_start, batch.ckpt_len, st
         )  # [B, encoding]

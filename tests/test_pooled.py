@@ -79,19 +79,43 @@ def test_relative_tokens_divide_the_shape_out():
 
 
 def test_sne_stat_tokens_are_each_layers_weight_and_bias_statistics():
-    """The `pooled_sne` baseline reads exactly the statistics SNE reads: weight then bias, zeros without a bias."""
+    """The `pooled_sne` baseline reads exactly the statistics SNE reads: weight then bias, zeros without a bias,
+    then the layer's pair statistics."""
     from model.checkpoint import load_checkpoint
     from model.chunking import chunk_checkpoint
+    from model.pairs import N_PAIR
     from model.stats import N_STATS
     from tests.nets import checkpoint_bytes
 
     layers = chunk_checkpoint(load_checkpoint(checkpoint_bytes("resnet", seed=0)), 16)
     tok = sne_stat_tokens(layers)
-    assert tok.shape == (len(layers), 2 * N_STATS)
+    width = 2 * N_STATS + N_PAIR
+    assert tok.shape == (len(layers), width)
     for row, layer in zip(tok, layers, strict=True):
         assert np.allclose(row[:N_STATS], layer.parts[0][1].stats.double().numpy())
         if len(layer.parts) > 1:
-            assert np.allclose(row[N_STATS:], layer.parts[1][1].stats.double().numpy())
+            assert np.allclose(row[N_STATS : 2 * N_STATS], layer.parts[1][1].stats.double().numpy())
         else:
-            assert not row[N_STATS:].any()
-    assert np.array_equal(sne_pooled_features(layers), pool_tokens(tok)) and pool_tokens(tok).shape == (4 * 2 * N_STATS + 1,)
+            assert not row[N_STATS : 2 * N_STATS].any()
+        assert np.array_equal(row[2 * N_STATS :], layer.pair.double().numpy())
+    assert tok[:, -1].any()  # the resnet's convs connect: some layers carry a pair
+    assert np.array_equal(sne_pooled_features(layers), pool_tokens(tok)) and pool_tokens(tok).shape == (4 * width + 1,)
+
+
+def test_pair_features_pool_the_connected_pairs_only():
+    from dataclasses import replace
+
+    import torch
+
+    from model.checkpoint import load_checkpoint
+    from model.chunking import chunk_checkpoint
+    from model.evaluation.pooled import pair_features
+    from tests.nets import checkpoint_bytes
+
+    layers = chunk_checkpoint(load_checkpoint(checkpoint_bytes("mlp", seed=0)), 16)
+    feats = pair_features(layers)
+    pairs = [la.pair for la in layers if la.pair[-1] == 1.0]
+    assert feats.shape == (11,) and feats[-1] == len(pairs) >= 1
+    assert np.allclose(feats[:2], pairs[0][:2].double().numpy()) and np.allclose(feats[2:4], pairs[-1][:2].double().numpy())
+    none = [replace(la, pair=torch.zeros(3)) for la in layers]
+    assert np.isnan(pair_features(none)[:-1]).all() and pair_features(none)[-1] == 0

@@ -40,6 +40,10 @@ def train_command(
         help="standard: statistics standardised by the training set's mean/std; ple: piecewise-linear codes over its "
         "quantile bins.",
     )] = StatsEncoding.standard,
+    pair_stats: Annotated[bool, typer.Option(
+        "--pair-stats/--no-pair-stats",
+        help="Also read how each layer's weight lines up with the previous one (model.pairs: Gram alignment).",
+    )] = False,
     members: Annotated[int, typer.Option(
         min=1, help="Train this many SNEs from seeds seed..seed+members-1 and average them (an ensemble).",
     )] = 1,
@@ -101,7 +105,7 @@ def train_command(
     from model.training import TrainOptions, train
 
     torch.set_num_threads(threads)
-    opts = TrainOptions(config=config, stats_view=stats_view.value, stats_encoding=stats_encoding.value, members=members, collapse_retries=collapse_retries, epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
+    opts = TrainOptions(config=config, stats_view=stats_view.value, stats_encoding=stats_encoding.value, pair_stats=pair_stats, members=members, collapse_retries=collapse_retries, epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
                         warmup=warmup, rank_weight=rank_weight, patience=patience, train_chunks=train_chunks,
                         lir_weight=lir_weight, gap_weight=gap_weight, gap_detach=gap_detach, layer_drop=layer_drop, kind_drop=kind_drop, ema=ema,
                         lir_fraction=lir_fraction, clip_grad=clip_grad, max_train=max_train, max_eval=max_eval, seed=seed,

@@ -17,11 +17,12 @@ import torch
 
 from model.checkpoint import LayerKind, checkpoint_from_tensors
 from model.chunking import ChunkedLayer
+from model.pairs import PAIR_NAMES
 from model.stats import N_STATS
 
 __all__ = [
-    "N_POOLED", "TOKEN_NAMES", "layer_tokens", "pool_tokens", "pooled_features", "relative_tokens", "sne_pooled_features",
-    "sne_stat_tokens",
+    "N_POOLED", "TOKEN_NAMES", "layer_tokens", "pair_features", "pool_tokens", "pooled_features", "relative_tokens",
+    "sne_pooled_features", "sne_stat_tokens",
 ]
 
 _Q = torch.tensor([0.05, 0.25, 0.5, 0.75, 0.95], dtype=torch.float64)
@@ -108,14 +109,30 @@ def pool_tokens(tok: np.ndarray) -> np.ndarray:
 
 
 def sne_stat_tokens(layers: Sequence[ChunkedLayer]) -> np.ndarray:
-    """`[n_layers, 2 * N_STATS]`: SNE's own statistics of each layer's first two parts (weight, bias; zeros if
-    absent), the numbers the encoder reads. Pooled by `pool_tokens`, they make the strongest in-distribution
-    baseline found so far (the table's ``pooled_sne``): a GBM over exactly what SNE sees."""
+    """`[n_layers, 2 * N_STATS + N_PAIR]`: SNE's own statistics of each layer's first two parts (weight, bias;
+    zeros if absent) and the layer's pair statistics (`model.pairs`), the numbers the encoder reads. Pooled by
+    `pool_tokens`, they make the strongest in-distribution baseline found so far (the table's ``pooled_sne``):
+    a GBM over exactly what SNE sees."""
     rows = []
     for layer in layers:
         parts = [ch.stats.double().numpy() for _, ch in layer.parts][:2]
-        rows.append(np.concatenate(parts + [np.zeros(N_STATS)] * (2 - len(parts))))
+        rows.append(np.concatenate(parts + [np.zeros(N_STATS)] * (2 - len(parts)) + [layer.pair.double().numpy()]))
     return np.stack(rows)
+
+
+_PAIR_COLS = [PAIR_NAMES.index("pair_gram_align"), PAIR_NAMES.index("pair_log_gain")]
+_PRESENT = PAIR_NAMES.index("pair_present")
+
+
+def pair_features(layers: Sequence[ChunkedLayer]) -> np.ndarray:
+    """`[5 * 2 + 1]` the connected pairs' alignment and gain (`model.pairs`) pooled as the first pair, the last,
+    their mean, max and min, and the number of pairs (NaN, missing for the trees, where there is none): what
+    the pooled-statistics GBM gains from the pairs, for `scripts/pair_checks.py`."""
+    rows = np.stack([layer.pair.double().numpy() for layer in layers])
+    rows = rows[rows[:, _PRESENT] == 1.0][:, _PAIR_COLS]
+    if not len(rows):
+        return np.concatenate([np.full(5 * len(_PAIR_COLS), np.nan), [0.0]])
+    return np.concatenate([rows[0], rows[-1], rows.mean(0), rows.max(0), rows.min(0), [float(len(rows))]])
 
 
 def sne_pooled_features(layers: Sequence[ChunkedLayer]) -> np.ndarray:

@@ -43,7 +43,7 @@ def sample_chunks(layers: list[ChunkedLayer], k: int, gen: torch.Generator) -> l
                 keep = torch.randperm(q, generator=gen)[:k].sort().values  # [k]
                 ch = Chunks(ch.values[keep], ch.lengths[keep], ch.size, ch.stats, ch.total)
             parts.append((role, ch))
-        out.append(ChunkedLayer(layer.name, layer.kind, layer.level, parts))
+        out.append(replace(layer, parts=parts))
     return out
 
 

@@ -1,0 +1,98 @@
+"""How each weight lines up with the weight before it: statistics of a pair of consecutive layers.
+
+Training aligns consecutive layers. The directions a layer writes (the Gram matrix `M = A A^T` of its output
+units) and the directions the next layer reads (the Gram `N` of its input channels, summed over its output
+units and kernel positions) are independent at initialisation and become correlated as the network learns.
+Permuting the hidden units between the two layers conjugates both Grams by the same permutation, so their
+similarity is invariant to it; it is dimensionless, and it is defined for any architecture whose consecutive
+shapes connect (out of one = in of the next). Per-part statistics cannot see it: it lives between two layers.
+
+On the held-out families a GBM over the pooled layer statistics ranked every checkpoint at mean tau 0.458
+without these and 0.52 with them (`scripts/pair_checks.py`, README "Pair statistics").
+
+Cost: a Gram of at most `MAX_UNITS` units, `units^2 x fan` multiply-adds per weight; wider layers get no pair
+(`pair_present` 0), so the cost is bounded whatever the checkpoint.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+PAIR_NAMES: tuple[str, ...] = ("pair_gram_align", "pair_log_gain", "pair_present")
+N_PAIR = len(PAIR_NAMES)
+MAX_UNITS = 256  # Grams of at most this many units: 256^2 x fan multiply-adds, 0.5 MB in float64
+MAX_ELEMS = 1 << 24  # and of weights of at most this many values (the statistics' held-part bound)
+BLOCK_ELEMS = 1 << 18  # values converted to float64 at a time
+_CLAMP = 8.0
+
+
+def _eligible(t: torch.Tensor, units: int) -> bool:
+    return t.ndim >= 2 and 2 <= units <= MAX_UNITS and t.numel() <= MAX_ELEMS and t.is_floating_point()
+
+
+def out_gram(t: torch.Tensor) -> torch.Tensor | None:
+    """`[out, out]` float64 Gram of the output units (`W.reshape(out, -1)` times its transpose), or None where
+    the weight is a vector, has one unit or more than `MAX_UNITS`."""
+    if not _eligible(t, t.shape[0] if t.ndim else 0):
+        return None
+    a = t.detach().reshape(t.shape[0], -1)
+    cols = max(1, BLOCK_ELEMS // a.shape[0])
+    g = torch.zeros(a.shape[0], a.shape[0], dtype=torch.float64)
+    for c0 in range(0, a.shape[1], cols):
+        blk = a[:, c0 : c0 + cols].to(torch.float64)  # [out, cols]
+        g += blk @ blk.T
+    return g
+
+
+def in_gram(t: torch.Tensor) -> torch.Tensor | None:
+    """`[in, in]` float64 Gram of the input channels (dim 1), summed over output units and kernel positions."""
+    if not _eligible(t, t.shape[1] if t.ndim >= 2 else 0):
+        return None
+    c = t.shape[1]
+    w = t.detach().reshape(t.shape[0], c, -1)  # [out, in, k]
+    rows = max(1, BLOCK_ELEMS // (c * w.shape[2]))
+    g = torch.zeros(c, c, dtype=torch.float64)
+    for r0 in range(0, w.shape[0], rows):
+        blk = w[r0 : r0 + rows].to(torch.float64).transpose(0, 1).reshape(c, -1)  # [in, rows * k]
+        g += blk @ blk.T
+    return g
+
+
+def pair_stats(m: torch.Tensor | None, n: torch.Tensor | None) -> torch.Tensor:
+    """`[N_PAIR]` float32: the previous weight's output Gram `m` against this weight's input Gram `n`.
+
+    - `pair_gram_align`: cosine of their off-diagonal parts (about 0 for independent layers, whatever the
+      widths; the diagonals are the unit norms, similar for any two layers, and would swamp it);
+    - `pair_log_gain`: `log ||W_b W_a||_F - log(||W_a||_F ||W_b||_F / sqrt(units))`, how much more the
+      product keeps than two independent random matrices would (about 0 for them);
+    - `pair_present`: 1 where both Grams exist and have the same size, else all three are 0.
+    """
+    if m is None or n is None or m.shape != n.shape:
+        return torch.zeros(N_PAIR, dtype=torch.float32)
+    units = m.shape[0]
+    off = ~torch.eye(units, dtype=torch.bool)
+    mo, no = m[off], n[off]
+    denom = float(mo.norm() * no.norm())
+    align = float((mo * no).sum()) / denom if denom > 0 and math.isfinite(denom) else 0.0
+    inner, tm, tn = float((m * n).sum()), float(m.trace()), float(n.trace())
+    gain = 0.5 * (math.log(inner) - math.log(tm) - math.log(tn) + math.log(units)) if min(inner, tm, tn) > 0 else 0.0
+    vals = [align, gain, 1.0]
+    return torch.tensor([min(max(v, -_CLAMP), _CLAMP) if math.isfinite(v) else 0.0 for v in vals], dtype=torch.float32)
+
+
+class PairTracker:
+    """Walks a checkpoint's weights in depth order, holding only the last weight's output Gram: each weight's
+    pair statistics are those against the weight before it (vectors such as norms and biases are skipped)."""
+
+    def __init__(self) -> None:
+        self._prev: torch.Tensor | None = None
+
+    def step(self, weight: torch.Tensor) -> torch.Tensor:
+        """`[N_PAIR]` for `weight` against the previous weight; then `weight` becomes the previous one."""
+        if weight.ndim < 2:
+            return torch.zeros(N_PAIR, dtype=torch.float32)
+        n = in_gram(weight) if self._prev is not None and weight.shape[1] == self._prev.shape[0] else None
+        out = pair_stats(self._prev, n)
+        self._prev = out_gram(weight)
+        return out
