@@ -176,15 +176,16 @@ def _chunk_planned(
 ) -> ChunkedCheckpoint:
     layers, rows, done, everything = [], [], 0, plan.n_params
     scratch = Scratch()  # one buffer for every part's statistics: at most HELD_ELEMS values, freed on return
-    pairs = PairTracker()  # holds one Gram of at most model.pairs.MAX_UNITS^2 values
-    for lp in plan.layers:
+    # holds one Gram of at most model.pairs.MAX_UNITS^2 values
+    pairs = PairTracker([next((pp.part.shape for pp in lp.parts if pp.part.role != "bias"), None) for lp in plan.layers])
+    for index, lp in enumerate(plan.layers):
         spec, parts, pair = lp.spec, [], torch.zeros(N_PAIR)
         for pp in lp.parts:
             ref = header.tensors[pp.part.key]
             t = get(ref)  # NaN/Inf are caught by chunk_part's one read of the values
             ch = chunk_part(t, spec.kind, pp.part.role, plan.chunk_size, pp.keep, seed, ref.name, scratch)
             if pp.part.role != "bias":
-                pair = pairs.step(t)  # after chunk_part: the values are known to be finite
+                pair = pairs.step(index, t)  # after chunk_part: the values are known to be finite
             del t
             release(ref)
             done += ref.numel
@@ -246,9 +247,9 @@ def chunk_layer(layer, c: int) -> ChunkedLayer:
 def chunk_checkpoint(ckpt: Checkpoint, c: int) -> list[ChunkedLayer]:
     """All layers of an in-memory checkpoint, pad-chunked with chunk size `c` (no budget), with their pair
     statistics as `chunk_file` computes them."""
-    pairs, out = PairTracker(), []
-    for layer in ckpt.layers:
+    pairs = PairTracker([layer.weight.shape if layer.weight is not None else None for layer in ckpt.layers])
+    out = []
+    for index, layer in enumerate(ckpt.layers):
         chunked = chunk_layer(layer, c)
-        main = next((t for role, t in layer.parts if role != "bias"), None)
-        out.append(replace(chunked, pair=pairs.step(main)) if main is not None else chunked)
+        out.append(replace(chunked, pair=pairs.step(index, layer.weight)) if layer.weight is not None else chunked)
     return out

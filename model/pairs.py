@@ -10,12 +10,14 @@ shapes connect (out of one = in of the next). Per-part statistics cannot see it:
 On the held-out families a GBM over the pooled layer statistics ranked every checkpoint at mean tau 0.458
 without these and 0.52 with them (`scripts/pair_checks.py`, README "Pair statistics").
 
-Cost: a Gram of at most `MAX_UNITS` units, `units^2 x fan` multiply-adds per weight; wider layers get no pair
-(`pair_present` 0), so the cost is bounded whatever the checkpoint.
+Cost: a Gram of at most `MAX_UNITS` units, `units^2 x fan` multiply-adds, only for weights whose neighbour in
+depth order connects; wider layers get no pair (`pair_present` 0), so the cost is bounded whatever the checkpoint
+(15 ms for a 256x256x3x3 conv on one core; nothing for a 1.1 B Llama, whose connected widths are all 2,048).
 """
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
 
@@ -23,7 +25,7 @@ PAIR_NAMES: tuple[str, ...] = ("pair_gram_align", "pair_log_gain", "pair_present
 N_PAIR = len(PAIR_NAMES)
 MAX_UNITS = 256  # Grams of at most this many units: 256^2 x fan multiply-adds, 0.5 MB in float64
 MAX_ELEMS = 1 << 24  # and of weights of at most this many values (the statistics' held-part bound)
-BLOCK_ELEMS = 1 << 18  # values converted to float64 at a time
+BLOCK_ELEMS = 1 << 18  # values converted to float32 at a time
 _CLAMP = 8.0
 
 
@@ -40,8 +42,8 @@ def out_gram(t: torch.Tensor) -> torch.Tensor | None:
     cols = max(1, BLOCK_ELEMS // a.shape[0])
     g = torch.zeros(a.shape[0], a.shape[0], dtype=torch.float64)
     for c0 in range(0, a.shape[1], cols):
-        blk = a[:, c0 : c0 + cols].to(torch.float64)  # [out, cols]
-        g += blk @ blk.T
+        blk = a[:, c0 : c0 + cols].to(torch.float32)  # [out, cols]
+        g += (blk @ blk.T).double()  # float32 products over one block (2x faster), float64 sums across blocks
     return g
 
 
@@ -54,8 +56,8 @@ def in_gram(t: torch.Tensor) -> torch.Tensor | None:
     rows = max(1, BLOCK_ELEMS // (c * w.shape[2]))
     g = torch.zeros(c, c, dtype=torch.float64)
     for r0 in range(0, w.shape[0], rows):
-        blk = w[r0 : r0 + rows].to(torch.float64).transpose(0, 1).reshape(c, -1)  # [in, rows * k]
-        g += blk @ blk.T
+        blk = w[r0 : r0 + rows].to(torch.float32).transpose(0, 1).reshape(c, -1)  # [in, rows * k]
+        g += (blk @ blk.T).double()
     return g
 
 
@@ -81,18 +83,34 @@ def pair_stats(m: torch.Tensor | None, n: torch.Tensor | None) -> torch.Tensor:
     return torch.tensor([min(max(v, -_CLAMP), _CLAMP) if math.isfinite(v) else 0.0 for v in vals], dtype=torch.float32)
 
 
+def feeds_next(shapes: Sequence[Sequence[int] | None]) -> list[bool]:
+    """For each layer's weight shape in depth order (None: no weight), whether the next matrix weight reads its
+    outputs (its dim 1 equals this one's dim 0): only those weights need an output Gram. Vectors are skipped."""
+    out = [False] * len(shapes)
+    nxt: Sequence[int] | None = None
+    for i in range(len(shapes) - 1, -1, -1):
+        shape = shapes[i]
+        if shape is None or len(shape) < 2:
+            continue
+        out[i] = nxt is not None and nxt[1] == shape[0]
+        nxt = shape
+    return out
+
+
 class PairTracker:
     """Walks a checkpoint's weights in depth order, holding only the last weight's output Gram: each weight's
-    pair statistics are those against the weight before it (vectors such as norms and biases are skipped)."""
+    pair statistics are those against the weight before it (vectors such as norms and biases are skipped).
+    The layers' shapes come first (from the header), so a Gram is computed only where the next weight uses it."""
 
-    def __init__(self) -> None:
+    def __init__(self, shapes: Sequence[Sequence[int] | None]) -> None:
+        self._feeds = feeds_next(shapes)
         self._prev: torch.Tensor | None = None
 
-    def step(self, weight: torch.Tensor) -> torch.Tensor:
-        """`[N_PAIR]` for `weight` against the previous weight; then `weight` becomes the previous one."""
+    def step(self, index: int, weight: torch.Tensor) -> torch.Tensor:
+        """`[N_PAIR]` for layer `index`'s `weight` against the previous weight; then it becomes the previous one."""
         if weight.ndim < 2:
             return torch.zeros(N_PAIR, dtype=torch.float32)
         n = in_gram(weight) if self._prev is not None and weight.shape[1] == self._prev.shape[0] else None
         out = pair_stats(self._prev, n)
-        self._prev = out_gram(weight)
+        self._prev = out_gram(weight) if self._feeds[index] else None
         return out

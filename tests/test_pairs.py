@@ -10,7 +10,7 @@ from model.checkpoint import load_checkpoint
 from model.chunking import chunk_checkpoint, chunk_file, chunk_state
 from model.config import SNEConfig
 from model.packing import pack
-from model.pairs import MAX_UNITS, N_PAIR, PAIR_NAMES, PairTracker, in_gram, out_gram, pair_stats
+from model.pairs import MAX_UNITS, N_PAIR, PAIR_NAMES, PairTracker, feeds_next, in_gram, out_gram, pair_stats
 from model.sne import SNE
 from tests.nets import BUILDERS, checkpoint_bytes, checkpoint_file
 
@@ -63,15 +63,22 @@ def test_conv_pairs_sum_over_kernel_positions_and_match_a_direct_computation():
 
 
 def test_no_pair_where_shapes_do_not_connect_or_layers_are_too_wide():
-    tr = PairTracker()
-    assert not tr.step(torch.randn(32, 10)).any()  # the first weight has no predecessor
-    assert float(tr.step(torch.randn(5, 32))[PRESENT]) == 1.0
-    assert not tr.step(torch.randn(7, 6)).any()  # 6 inputs after 5 outputs: not connected
-    assert not tr.step(torch.randn(4)).any()  # vectors (norms, biases) are skipped ...
-    assert float(tr.step(torch.randn(3, 7))[PRESENT]) == 1.0  # ... and do not break the chain
     wide = MAX_UNITS + 1
-    tr.step(torch.randn(wide, 3))
-    assert not tr.step(torch.randn(2, wide)).any()  # bounded cost: no Gram of more than MAX_UNITS units
+    weights = [torch.randn(32, 10), torch.randn(5, 32), torch.randn(7, 6), torch.randn(4), torch.randn(3, 7),
+               torch.randn(wide, 3), torch.randn(2, wide)]
+    tr = PairTracker([w.shape for w in weights])
+    got = [tr.step(i, w) for i, w in enumerate(weights)]
+    assert not got[0].any()  # the first weight has no predecessor
+    assert float(got[1][PRESENT]) == 1.0
+    assert not got[2].any()  # 6 inputs after 5 outputs: not connected
+    assert not got[3].any()  # vectors (norms, biases) are skipped ...
+    assert float(got[4][PRESENT]) == 1.0  # ... and do not break the chain
+    assert not got[6].any()  # bounded cost: no Gram of more than MAX_UNITS units
+
+
+def test_only_weights_whose_outputs_are_read_get_an_output_gram():
+    assert feeds_next([(8, 3), None, (4,), (6, 8), (5, 7), (2, 5, 3, 3)]) == [True, False, False, False, True, False]
+    assert feeds_next([]) == []
 
 
 @pytest.mark.parametrize("name", list(BUILDERS))
