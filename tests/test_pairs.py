@@ -111,3 +111,17 @@ def test_sne_reads_pairs_only_when_configured():
     assert torch.equal(off(pack([layers])).logit, off(pack([moved])).logit)
     assert not any(k.startswith("pair_proj") for k in off.state_dict())  # older predictors load unchanged
     assert pack([layers]).layer_pair.shape == (len(layers), N_PAIR)
+
+
+@pytest.mark.parametrize(
+    "scale, dtype", [(0.0, torch.float32), (1e30, torch.float32), (1e-30, torch.float32), (1e200, torch.float64)]
+)
+def test_extreme_values_give_finite_statistics(scale, dtype):
+    """All-zero layers, values whose products overflow or underflow float32, float64 values beyond float32's
+    range: the statistics stay finite (an uninformative 0 where the Grams cannot be formed), never NaN/Inf."""
+    g = torch.Generator().manual_seed(6)
+    a = (torch.randn(16, 8, generator=g, dtype=torch.float64) * scale).to(dtype)
+    b = (torch.randn(4, 16, generator=g, dtype=torch.float64) * scale).to(dtype)
+    got = _pair(a, b)
+    assert got.dtype == torch.float32 and bool(torch.isfinite(got).all()) and float(got[PRESENT]) == 1.0
+    assert float(got[ALIGN].abs()) <= 1.0
