@@ -4,8 +4,11 @@ Fits the pooled-statistics GBM with and without the pooled pair features (`poole
 over SNE's own statistics (`pooled.sne_stat_tokens`) with and without their pair columns, on the training zoo's
 train split, each with early-stopping seeds 0..N-1; reports the mean Kendall tau (and the range over seeds) on
 the training zoo's test split (in-distribution), the cross-dataset zoo's test split and every checkpoint of
-each held-out zoo (cross-family). No SNE is involved: this measures the signal, not the encoder. One CPU
-thread, about 3 min (mostly reading the zoos).
+each held-out zoo (cross-family). No SNE is involved: this measures the signal, not the encoder. Two more
+rows try a lead no encoder reads yet, the geometry of each weight's output units (`unit_geometry`: their mean
+pairwise cosine and its spread, the spread of their norms and of the input columns' norms, the share of the
+energy in their mean direction), pooled like the layer tokens. One CPU thread, about 4 min (mostly reading the
+zoos).
 
     python scripts/pair_checks.py --seeds 5
 """
@@ -19,11 +22,36 @@ import numpy as np
 import torch
 from held_out_checks import HELD_OUT, every_split
 
+from model.checkpoint import checkpoint_from_tensors
 from model.evaluation.baselines import StatNN
 from model.evaluation.metrics import kendall_tau
 from model.evaluation.pooled import layer_tokens, pair_features, pool_tokens, sne_stat_tokens
 from model.pairs import N_PAIR
 from model.training.examples import Example, load_examples
+
+
+def unit_geometry(w: torch.Tensor) -> list[float]:
+    """Five numbers on how a weight's output units (rows of `W.reshape(out, -1)`) sit among each other; all are
+    invariant to permuting the units or the inputs."""
+    a = w.double().reshape(w.shape[0], -1)
+    n = a.shape[0]
+    norms = a.norm(dim=1).clamp_min(1e-30)
+    cos = (a / norms[:, None]) @ (a / norms[:, None]).T  # [n, n]
+    off = cos[~torch.eye(n, dtype=torch.bool)]
+    cols = a.norm(dim=0)
+    share = n * float(a.mean(0) @ a.mean(0)) / max(float((a * a).sum()), 1e-30)
+    return [float(off.mean()) if n > 1 else 0.0, float(off.std()) if n > 2 else 0.0,
+            float(norms.std() / norms.mean()), float(cols.std() / cols.mean().clamp_min(1e-30)), share]
+
+
+def geometry_features(e: Example) -> np.ndarray:
+    """`unit_geometry` of every matrix weight in depth order, pooled as the first, the last, and the mean, max and
+    min over the weights between them."""
+    layers = checkpoint_from_tensors(e.state).layers
+    g = np.asarray([unit_geometry(la.weight) for la in layers if la.weight is not None and la.weight.dim() >= 2])
+    mid = g[1:-1] if len(g) > 2 else np.full((1, g.shape[1]), np.nan)
+    return np.concatenate([g[0], g[-1], np.nanmean(mid, 0), np.nanmax(mid, 0), np.nanmin(mid, 0)])
+
 
 Features = Callable[[Example], np.ndarray]
 METHODS: dict[str, Features] = {
@@ -31,6 +59,8 @@ METHODS: dict[str, Features] = {
     "pooled GBM + pairs": lambda e: np.concatenate([pool_tokens(layer_tokens(e.state)), pair_features(e.layers)]),
     "SNE-stats GBM, no pairs": lambda e: pool_tokens(sne_stat_tokens(e.layers)[:, :-N_PAIR]),
     "SNE-stats GBM": lambda e: pool_tokens(sne_stat_tokens(e.layers)),
+    "pooled GBM + unit geometry": lambda e: np.concatenate([pool_tokens(layer_tokens(e.state)), geometry_features(e)]),
+    "SNE-stats GBM + unit geometry": lambda e: np.concatenate([pool_tokens(sne_stat_tokens(e.layers)), geometry_features(e)]),
 }
 
 
