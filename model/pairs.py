@@ -34,6 +34,13 @@ def _eligible(t: torch.Tensor, units: int) -> bool:
     return t.ndim >= 2 and 2 <= units <= MAX_UNITS and t.numel() <= MAX_ELEMS and t.is_floating_point()
 
 
+def _block(view: torch.Tensor) -> torch.Tensor:
+    """A private contiguous float32 copy of `view`: BLAS picks its kernel (and so its rounding) by the operand's
+    strides and alignment, and a weight read from a mapped file, from bytes or from a state dict differs in
+    both, so every path multiplies fresh allocations of one layout and gets the same bits."""
+    return torch.empty(view.shape, dtype=torch.float32).copy_(view)
+
+
 def out_gram(t: torch.Tensor) -> torch.Tensor | None:
     """`[out, out]` float64 Gram of the output units (`W.reshape(out, -1)` times its transpose), or None where
     the weight is a vector, has one unit or more than `MAX_UNITS`."""
@@ -43,7 +50,7 @@ def out_gram(t: torch.Tensor) -> torch.Tensor | None:
     cols = max(1, BLOCK_ELEMS // a.shape[0])
     g = torch.zeros(a.shape[0], a.shape[0], dtype=torch.float64)
     for c0 in range(0, a.shape[1], cols):
-        blk = a[:, c0 : c0 + cols].to(torch.float32)  # [out, cols]
+        blk = _block(a[:, c0 : c0 + cols])  # [out, cols]
         g += (blk @ blk.T).double()  # float32 products over one block (2x faster), float64 sums across blocks
     return g
 
@@ -57,7 +64,7 @@ def in_gram(t: torch.Tensor) -> torch.Tensor | None:
     rows = max(1, BLOCK_ELEMS // (c * w.shape[2]))
     g = torch.zeros(c, c, dtype=torch.float64)
     for r0 in range(0, w.shape[0], rows):
-        blk = w[r0 : r0 + rows].to(torch.float32).transpose(0, 1).reshape(c, -1)  # [in, rows * k]
+        blk = _block(w[r0 : r0 + rows].transpose(0, 1).reshape(c, -1))  # [in, rows * k]
         g += (blk @ blk.T).double()
     return g
 
