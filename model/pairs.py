@@ -64,7 +64,7 @@ def in_gram(t: torch.Tensor) -> torch.Tensor | None:
     rows = max(1, BLOCK_ELEMS // (c * w.shape[2]))
     g = torch.zeros(c, c, dtype=torch.float64)
     for r0 in range(0, w.shape[0], rows):
-        blk = _block(w[r0 : r0 + rows].transpose(0, 1).reshape(c, -1))  # [in, rows * k]
+        blk = _block(w[r0 : r0 + rows].transpose(0, 1)).reshape(c, -1)  # [in, rows * k], a view of the one copy
         g += (blk @ blk.T).double()
     return g
 
