@@ -8,7 +8,9 @@ import pytest
 
 from model.evaluation.metrics import (
     Difficulty,
+    bootstrap_means,
     bootstrap_tau,
+    bootstrap_taus,
     conformal_quantile,
     coverage,
     interval,
@@ -46,6 +48,34 @@ def test_bootstrap_resamples_runs_not_checkpoints() -> None:
     assert hi_run - lo_run > 1.6 * (hi_ckpt - lo_ckpt)
     with pytest.raises(ValueError, match="length"):
         bootstrap_tau(p, t, [0, 1])
+
+
+def test_paired_replicates_make_a_narrow_interval_for_a_lead() -> None:
+    # two predictors that share most of their error: each tau is uncertain by run, their difference far less.
+    # The replicates of both resample the same runs (one seed, one grouping), so the difference is paired.
+    rng = np.random.default_rng(3)
+    t = rng.normal(size=300)
+    shared = t + rng.normal(size=300)
+    a, b = shared + 0.05 * rng.normal(size=300), shared + 0.05 * rng.normal(size=300)
+    groups = np.repeat(np.arange(60), 5).tolist()
+    ra, rb = bootstrap_taus(a, t, groups, 400, seed=7), bootstrap_taus(b, t, groups, 400, seed=7)
+    width = lambda r: float(np.quantile(r, 0.975) - np.quantile(r, 0.025))  # noqa: E731
+    assert width(ra - rb) < 0.4 * width(ra)
+    unpaired = ra - bootstrap_taus(b, t, groups, 400, seed=8)  # other draws of runs: the shared error stays in
+    assert width(ra - rb) < 0.4 * width(unpaired)
+
+
+def test_bootstrap_means_resample_runs() -> None:
+    # coverage marks of 30 runs, 10 checkpoints each, all covered or all not within a run: the run-resampled
+    # interval of the coverage is as wide as 30 points', much wider than 300 independent marks would give
+    marks = np.repeat(np.arange(30) % 10 != 0, 10).astype(float)  # 27 of 30 runs covered: 0.9
+    by_run = bootstrap_means(marks, np.repeat(np.arange(30), 10).tolist(), 1000, seed=0)
+    by_ckpt = bootstrap_means(marks, list(range(300)), 1000, seed=0)
+    lo, hi = np.quantile(by_run, [0.025, 0.975])
+    assert lo < 0.8 and hi == 1.0 and lo <= marks.mean() <= hi
+    assert hi - lo > 2.0 * float(np.quantile(by_ckpt, 0.975) - np.quantile(by_ckpt, 0.025))
+    with pytest.raises(ValueError, match="one length"):
+        bootstrap_means(marks, [0, 1])
 
 
 def _heteroscedastic(n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:

@@ -83,6 +83,16 @@ def test_table_intervals_and_ood(tiny_run: tuple[dict, Path, Path]) -> None:
         for key in ("coverage", "width", "coverage_normalized", "width_normalized", "ood_flag_rate"):
             assert 0.0 <= v[key] <= 1.0
         assert v["width"] == pytest.approx(0.1, abs=0.02)  # the fixture card's half-width 0.05 (clipped at 0, 1)
+        lo, hi = v["coverage_normalized_ci95"]
+        assert lo <= v["coverage_normalized"] <= hi
+    in_dist_row = results["intervals"]["in_distribution"]["sne"]
+    assert in_dist_row["coverage_normalized_ci95"] == pytest.approx(results["pairs"][0]["intervals"]["sne"]["coverage_normalized_ci95"])
+    lead = results["sne_lead"]["in_distribution"]  # SNE minus the best baseline by mean tau, paired replicates
+    tau = results["kendall_tau"]["in_distribution"]
+    best = max((m for m in ("statset", "pooled", "pooled_sne", "statnn", "mlp")), key=lambda m: tau[m])
+    assert lead["baseline"] == best and lead["lead"] == pytest.approx(tau["sne"] - tau[best])
+    assert lead["ci95"][0] <= lead["ci95"][1] and 0.0 <= lead["p_lead_below_0.02"] <= 1.0
+    assert results["sne_lead"]["cross_dataset"] is None  # no such pair
     # the OOD reference is the Arch1 zoo's train split: its test split sits near it, the MLP family far away
     in_dist, cross = (r["intervals"]["sne"]["ood_flag_rate"] for r in results["pairs"])
     assert cross - in_dist > 0.5

@@ -20,8 +20,8 @@ from numpy.typing import ArrayLike
 from scipy.stats import kendalltau as _scipy_kendalltau
 
 __all__ = [
-    "Difficulty", "bootstrap_tau", "bootstrap_taus", "conformal_quantile", "conformal_quantiles", "coverage", "interval",
-    "kendall_tau", "mean_width", "normalized_conformal", "normalized_interval",
+    "Difficulty", "bootstrap_means", "bootstrap_tau", "bootstrap_taus", "conformal_quantile", "conformal_quantiles",
+    "coverage", "group_resamples", "interval", "kendall_tau", "mean_width", "normalized_conformal", "normalized_interval",
 ]
 
 DEFAULT_ALPHAS: tuple[float, ...] = (0.1, 0.2, 0.05)
@@ -97,6 +97,18 @@ def mean_width(low: ArrayLike, high: ArrayLike) -> float:
     return float(np.mean(np.asarray(high, dtype=np.float64) - np.asarray(low, dtype=np.float64)))
 
 
+def group_resamples(groups: Sequence[object], n_boot: int = 1000, seed: int = 0) -> list[np.ndarray]:
+    """``n_boot`` index arrays, each drawing as many groups (training runs) as there are, with replacement, and
+    keeping a drawn group's rows together. The same ``groups`` and ``seed`` give the same draws, so statistics
+    of different methods over one test split are paired replicate by replicate."""
+    if len(groups) == 0:
+        return [np.zeros(0, dtype=np.int64) for _ in range(n_boot)]
+    _, inverse = np.unique(np.asarray([str(g) for g in groups]), return_inverse=True)
+    members = [np.flatnonzero(inverse == g) for g in range(int(inverse.max()) + 1)]
+    rng = np.random.default_rng(seed)
+    return [np.concatenate([members[g] for g in rng.integers(0, len(members), len(members))]) for _ in range(n_boot)]
+
+
 def bootstrap_taus(
     pred: ArrayLike, true: ArrayLike, groups: Sequence[object], n_boot: int = 1000, seed: int = 0
 ) -> np.ndarray:
@@ -110,14 +122,16 @@ def bootstrap_taus(
         raise ValueError(f"pred, true and groups differ in length: {p.size}, {t.size}, {len(groups)}")
     if p.size == 0:
         return np.zeros(n_boot)
-    _, inverse = np.unique(np.asarray([str(g) for g in groups]), return_inverse=True)
-    members = [np.flatnonzero(inverse == g) for g in range(int(inverse.max()) + 1)]
-    rng = np.random.default_rng(seed)
-    stats = np.empty(n_boot)
-    for b in range(n_boot):
-        idx = np.concatenate([members[g] for g in rng.integers(0, len(members), len(members))])
-        stats[b] = kendall_tau(p[idx], t[idx])
-    return stats
+    return np.array([kendall_tau(p[idx], t[idx]) for idx in group_resamples(groups, n_boot, seed)])
+
+
+def bootstrap_means(values: ArrayLike, groups: Sequence[object], n_boot: int = 1000, seed: int = 0) -> np.ndarray:
+    """``n_boot`` run-resampled replicates of the mean of ``values`` (e.g. 0/1 "covered" marks: how far a
+    coverage measured on a few dozen runs can move from one draw of runs to the next)."""
+    v = _vector(values, "values")
+    if len(groups) != v.size or v.size == 0:
+        raise ValueError(f"values ({v.size}) and groups ({len(groups)}) must be non-empty and of one length")
+    return np.array([float(v[idx].mean()) for idx in group_resamples(groups, n_boot, seed)])
 
 
 def bootstrap_tau(

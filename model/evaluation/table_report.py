@@ -29,6 +29,13 @@ def table_markdown(results: dict[str, Any]) -> str:
             continue
         ci = results["kendall_tau_ci95"][k]
         lines.append(f"| {k} | " + " | ".join(_tau(taus.get(m), ci.get(m)) for m in methods) + " |")
+    leads = [(k, v) for k, v in (results.get("sne_lead") or {}).items() if v]
+    if leads:
+        lines += ["", "| evaluation | SNE's lead over the best baseline | paired 95 % CI (by run) | P(lead < 0.02) |",
+                  "|---|---|---|---|"]
+        for k, v in leads:
+            lines.append(f"| {k} | {v['lead']:+.3f} over {NAMES[v['baseline']]} | [{v['ci95'][0]:+.3f}, "
+                         f"{v['ci95'][1]:+.3f}] | {v['p_lead_below_0.02']:.2f} |")
     lines += ["", "| train → test | kind | n (runs) | " + " | ".join(NAMES[m] for m in methods) + " |",
               "|---|---|---" + "|---" * len(methods) + "|"]
     for r in results["pairs"]:
@@ -36,10 +43,14 @@ def table_markdown(results: dict[str, Any]) -> str:
         lines.append(f"| {r['train']} → {r['test']} | {r['kind']} | {r['n_test']} ({r['n_runs']}) | {cells} |")
     rows = [(k, m, v) for k, per in results["intervals"].items() for m, v in per.items()]
     if rows:
-        lines += ["", ("| evaluation | predictor | 90 % coverage | mean width | normalised coverage | normalised width "
+        lines += ["", ("| evaluation | predictor | 90 % coverage | mean width | normalised coverage [95 % CI by run] "
+                  "| normalised width "
                   "| OOD flag rate |"), "|---|---|---|---|---|---|---|"]
         for k, m, v in rows:
-            lines.append(f"| {k} | {NAMES[m]} | {_f(v['coverage'])} | {_f(v['width'])} | {_f(v['coverage_normalized'])} "
+            cov = _f(v["coverage_normalized"])
+            if v.get("coverage_normalized_ci95"):
+                cov += " [{:.2f}, {:.2f}]".format(*v["coverage_normalized_ci95"])
+            lines.append(f"| {k} | {NAMES[m]} | {_f(v['coverage'])} | {_f(v['width'])} | {cov} "
                          f"| {_f(v['width_normalized'])} | {_f(v['ood_flag_rate'])} |")
         lines += ["", "| test split | kind | predictor | OOD flag rate | of which: unseen architecture |",
                   "|---|---|---|---|---|"]
