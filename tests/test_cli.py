@@ -101,6 +101,8 @@ def test_zoo_train_eval_chain(tmp_path):
     assert res.exit_code == 0, res.output
     assert "in_distribution" in res.stdout and (out / "results.json").exists()
     assert "in_distribution" in Predictor.load(run).card.metrics.kendall_tau
+    lead = json.loads((run / "card.json").read_text())["metrics"]["sne_lead"]["in_distribution"]  # served card
+    assert lead["baseline"] in ("statset", "pooled", "pooled_sne", "statnn", "mlp") and len(lead["ci95"]) == 2
 
 
 def _one_error_line(res) -> str:

@@ -161,7 +161,8 @@ def evaluate(
         )
         results["kendall_tau_all_predictors"] = results["kendall_tau"]
         results.update(
-            kendall_tau=tab["kendall_tau"], kendall_tau_ci95=tab["kendall_tau_ci95"], intervals=tab["intervals"],
+            kendall_tau=tab["kendall_tau"], kendall_tau_ci95=tab["kendall_tau_ci95"], sne_lead=tab["sne_lead"],
+            intervals=tab["intervals"],
             table_pairs=tab["pairs"], table_setup=tab["setup"],
         )
         text = f"## {first.name}: every method on the same splits\n\n{table_markdown(tab)}\n## Per predictor\n\n{text}"

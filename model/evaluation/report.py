@@ -82,7 +82,7 @@ def update_card(predictor_dir: Path, results: dict[str, Any]) -> None:
         "coverage": results["coverage"],
         "pairs": results["pairs"],
         **({"logit_invariance": results["logit_invariance"]} if "logit_invariance" in results else {}),
-        **{k: results[k] for k in ("kendall_tau_ci95", "intervals") if k in results},  # the evaluation table
+        **{k: results[k] for k in ("kendall_tau_ci95", "sne_lead", "intervals") if k in results},  # the evaluation table
     }
     card.setdefault("metrics", {}).update(evaluation)
     path.write_text(json.dumps(card, indent=2) + "\n")
