@@ -278,7 +278,7 @@ class Predictor:
         acc = out.accuracy.float().cpu()  # [B]
         gap = out.gap.float().cpu() if self.card.predicts_gap else None  # [B]
         q = self.card.conformal.half_width(DEFAULT_LEVEL)
-        half = self._normalized_half_widths(emb)  # [B] or None: then the constant q
+        half = self.normalized_half_widths(emb)  # [B] or None: then the constant q
         score, flags, new_arch = self.ood(emb, batch_signatures(batch))
         layers = out.layer_embeddings.float().cpu().numpy()  # [sum L, H] float32
         results = []
@@ -314,7 +314,7 @@ class Predictor:
         far = [score is not None and threshold is not None and float(score[i]) > threshold for i in range(len(new_arch))]
         return score, [f or n for f, n in zip(far, new_arch, strict=True)], new_arch
 
-    def _normalized_half_widths(self, emb: torch.Tensor) -> np.ndarray | None:
+    def normalized_half_widths(self, emb: torch.Tensor) -> np.ndarray | None:
         """Per-checkpoint half-widths ``q * sigma(x)`` of the normalised conformal interval (card
         ``conformal.normalized``), or None when the predictor was not calibrated that way."""
         extra = self.card.conformal.model_extra or {}

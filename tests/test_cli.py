@@ -20,7 +20,7 @@ from tests.nets import checkpoint_file
 
 ROOT = Path(__file__).resolve().parents[1]
 RUNNER = CliRunner()
-COMMANDS = {"inspect", "encode", "zoo", "train", "eval", "serve", "gate"}
+COMMANDS = {"inspect", "encode", "zoo", "train", "eval", "calibrate", "serve", "gate"}
 
 
 def sne(*args: object):

@@ -9,6 +9,7 @@ from typing import Annotated
 
 import typer
 
+from app.cli.calibrate import calibrate_command
 from app.cli.common import DEBUG, guarded
 from app.cli.encode import encode_command
 from app.cli.evaluate import eval_command
@@ -35,6 +36,7 @@ app.command("encode")(guarded(encode_command))
 app.command("zoo")(guarded(zoo_command))
 app.command("train")(guarded(train_command))
 app.command("eval")(guarded(eval_command))
+app.command("calibrate")(guarded(calibrate_command))
 app.command("serve")(guarded(serve_command))
 app.command("gate")(guarded(gate_command))
 

@@ -8,8 +8,10 @@ on them. Each test source's test split is then scored by every method:
 * kind of the pair: ``in_distribution`` (families and datasets seen), ``cross_dataset`` (families seen, a new
   dataset), ``cross_arch`` (a family never seen: cross-architecture/family);
 * for SNE predictors: the 90 % interval's coverage and mean width, split-conformal (the card's constant
-  half-width) and normalised (``metrics.Difficulty`` from the train split, quantile on the val split), and the
-  OOD flag rate (kNN distance above the card's threshold).
+  half-width) and normalised as served (the card's quantile over ``metrics.Difficulty``; for a card without
+  one, calibrated here on the val split), the served interval's coverage with a 95 % interval by run, and the
+  OOD flag rate (kNN distance above the card's threshold);
+* SNE's lead over the best baseline of each kind, with a paired bootstrap interval.
 
 Per kind, tau is the mean over pairs and its interval the percentile interval of the mean of the pairs'
 bootstrap replicates. ``results["kendall_tau"]`` keeps the card's shape: per kind, a tau per method by name.
@@ -73,11 +75,17 @@ class _SNE:
     """One SNE predictor with what its interval columns need, computed once from the setup's train/val."""
 
     def __init__(self, pred: Predictor, train: list[Example], val: list[Example], k: int = 20) -> None:
+        """The served intervals where the card has them (its calibration set may be more than val: `sne
+        calibrate`); else calibrated here, split-conformal on val."""
         self.pred = pred
-        tr, va = predict_examples(pred.model, train), predict_examples(pred.model, val)
+        va = predict_examples(pred.model, val)
         va_true = np.array([e.acc for e in val])
-        self.sigma = Difficulty.fit(tr["emb"].numpy(), tr["acc"] - np.array([e.acc for e in train]), k=k)
-        self.q_norm = conformal_quantile(np.abs(va["acc"] - va_true) / self.sigma(va["emb"].numpy()), ALPHA)
+        self.sigma: Difficulty | None = None
+        self.q_norm = float("nan")
+        if pred.normalized_half_widths(va["emb"][:1]) is None:  # a card without the normalised section
+            tr = predict_examples(pred.model, train)
+            self.sigma = Difficulty.fit(tr["emb"].numpy(), tr["acc"] - np.array([e.acc for e in train]), k=k)
+            self.q_norm = conformal_quantile(np.abs(va["acc"] - va_true) / self.sigma(va["emb"].numpy()), ALPHA)
         card_q = pred.card.conformal.half_width(DEFAULT_LEVEL)
         self.q_const = card_q if card_q is not None else conformal_quantile(va["acc"] - va_true, ALPHA)
 
@@ -85,9 +93,13 @@ class _SNE:
         """Predictions, the interval/OOD columns, and per checkpoint whether the served (normalised) interval
         covers it (for the coverage's bootstrap interval by run)."""
         out = predict_examples(self.pred.model, test)
-        emb = out["emb"].numpy()
         lo, hi = interval(out["acc"], self.q_const)
-        nlo, nhi = normalized_interval(out["acc"], self.sigma(emb), self.q_norm)
+        served = self.pred.normalized_half_widths(out["emb"])  # [n]: q * sigma(x), as `predict_packed` serves
+        if served is not None:
+            nlo, nhi = np.clip(out["acc"] - served, 0.0, 1.0), np.clip(out["acc"] + served, 0.0, 1.0)
+        else:
+            assert self.sigma is not None
+            nlo, nhi = normalized_interval(out["acc"], self.sigma(out["emb"].numpy()), self.q_norm)
         flag = unseen_rate = None
         if self.pred.card.ood.threshold is not None and self.pred.reference is not None:  # the served flag
             _, flags, new_arch = self.pred.ood(out["emb"], [signature(e.layers) for e in test])

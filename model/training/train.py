@@ -33,18 +33,16 @@ from model.admission import Limits
 from model.architecture import seen_architectures, signature
 from model.config import get_config
 from model.evaluation.metrics import (
-    conformal_quantiles,
     kendall_tau,
-    normalized_conformal,
 )
 from model.packing import pack
 from model.predictor import OOD_K, Predictor, knn_score, weights_digest
 from model.sne import SNE, Encoder, SNEOutput, build_encoder
+from model.training.calibrate import conformal_section
 from model.training.examples import Example, OnBad, drop_layers, hide_kinds, load_split, predict_examples, sample_chunks
 from model.training.guards import (
     ResumeMode,
     TrainError,
-    calibratable,
     check_calibration,
     check_resume,
     ood_check,
@@ -300,7 +298,7 @@ def finalize(
     val_tau = kendall_tau(val["acc"], true_acc)
     limits = Limits()  # the default budgets, recorded in the card
     has_gap = opts.gap_weight > 0 and all(e.gap is not None for e in train_set + val_set)
-    true_gap = np.array([e.gap or 0.0 for e in val_set])
+    true_gap = np.array([e.gap or 0.0 for e in val_set])  # [n_val]
     reference = tr["emb"]
     ref_residuals = tr["acc"] - np.array([e.acc for e in train_set[:2000]])  # [n_reference]: normalised intervals
     # OOD: kNN distance to the training embeddings; checked on val and on the training split itself.
@@ -340,16 +338,7 @@ def finalize(
             "kendall_tau": val_tau, "pooled_kendall_tau": quality["kendall_tau"]["pooled"],
             **({"gap_kendall_tau": kendall_tau(val["gap"], true_gap)} if has_gap else {}),
         }},
-        "conformal": {
-            "method": "split conformal, absolute residuals on the val split",
-            "n_calibration": len(val_set),
-            "accuracy": conformal_quantiles(np.abs(val["acc"] - true_acc), calibratable(len(val_set))),
-            "gap": conformal_quantiles(np.abs(val["gap"] - true_gap), calibratable(len(val_set))) if has_gap else {},
-            "normalized": normalized_conformal(  # sharper intervals at the same coverage (issue 9)
-                reference.half().float().numpy(), ref_residuals,  # fp16: as saved and served
-                val["emb"].numpy(), val["acc"] - true_acc, calibratable(len(val_set)),
-            ),
-        },
+        "conformal": conformal_section(model, reference, ref_residuals, val_set, has_gap),
         "budgets": {"layer_chunk_budget": limits.layer_chunk_budget,
                     "checkpoint_chunk_budget": limits.checkpoint_chunk_budget, "train_chunks_per_part": opts.train_chunks},
         "ood": {"method": f"mean distance to the {OOD_K} nearest training embeddings, or an unseen architecture",
