@@ -41,6 +41,10 @@ TRAIN_ARGS=(--config "$CONFIG" --device "$DEVICE" --members "$MEMBERS" --epochs 
 # hyperparameters and splits (scripts/data_scale_checks.sh relies on that).
 $SNE zoo --out zoos/arch1-digits --arch arch1 --dataset digits --runs $((RUNS_A < 300 ? RUNS_A : 300))
 $SNE zoo --out zoos/arch1-digits --arch arch1 --dataset digits --runs "$RUNS_A"
+# A second draw of arch1-digits runs (another seed, the same sampler), never trained on: with the val split it
+# calibrates the shipped intervals (`sne calibrate` below; README, "Calibration zoo"). About 3 min on one core.
+RUNS_CAL=${RUNS_CAL:-300}
+$SNE zoo --out zoos/arch1-digits-cal --arch arch1 --dataset digits --runs "$RUNS_CAL" --seed 1
 $SNE zoo --out zoos/arch1-shapes --arch arch1 --dataset shapes --runs "$RUNS_B"
 $SNE zoo --out zoos/arch2-digits --arch arch2 --dataset digits --runs "$RUNS_ARCH2"
 $SNE zoo --out zoos/arch2-shapes --arch arch2 --dataset shapes --runs "$RUNS_ARCH2"
@@ -73,6 +77,8 @@ fi
 # ---- end of issue 9 block -----------------------------------------------------------------------------------
 
 $SNE train --zoo zoos/arch1-digits --out runs/digits "${TRAIN_ARGS[@]}" --name "sne-$CONFIG-digits"
+# (a resumed `sne train` recalibrates on val alone, so this step runs every time; same inputs, same version)
+$SNE calibrate --predictor runs/digits --zoo zoos/arch1-digits-cal --threads 1
 $SNE train --zoo zoos/arch1-shapes --out runs/shapes "${TRAIN_ARGS[@]}" --name "sne-$CONFIG-shapes"
 
 $SNE eval --predictor runs/digits --predictor runs/shapes \
