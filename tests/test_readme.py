@@ -34,7 +34,7 @@ def test_every_cli_command_is_documented() -> None:
     from app.cli import app
 
     names = {c.name or c.callback.__name__ for c in app.registered_commands}
-    assert names == {"inspect", "encode", "zoo", "train", "eval", "serve", "gate"}
+    assert names == {"inspect", "encode", "zoo", "train", "eval", "calibrate", "serve", "gate"}
     for name in names:
         assert f"`sne {name}" in README, name
 
