@@ -20,7 +20,6 @@ from pathlib import Path
 
 import torch
 
-from model import stats_pass
 from model.admission import Limits
 from model.checkpoint import read_header
 from model.chunking import ChunkedCheckpoint, ChunkedLayer, Progress, chunk_file
@@ -108,12 +107,11 @@ def read_with_vectors(
     forward. Raises what `chunk_file` raises, or what the encoder raised."""
     threads = torch.get_num_threads()
     worker = _PieceEncoder(model, torch.device(device), max(1, threads - 1))
-    torch.set_num_threads(1)  # the reader's own torch calls are small: a second thread would spin beside them;
-    # its statistics loops (which do not spin) may use every core while the encoder waits for a piece
+    torch.set_num_threads(1)  # the statistics pass on one worker (`stats_pass` reads this count); the reader's
+    # own torch calls are small: a second thread would spin beside them
     try:
         try:
-            with stats_pass.workers(threads):
-                ck = chunk_file(source, chunk_size, limits, seed, progress, worker.inbox.put)
+            ck = chunk_file(source, chunk_size, limits, seed, progress, worker.inbox.put)
         except BaseException:
             worker.abandon()
             raise

@@ -14,18 +14,15 @@ passes' loops are compiled per dtype and may sum in another order.
 
 The rows are cut into `GROUPS` fixed groups whose partial sums are added in group order, so the result does
 not depend on how many threads ran them; the loops release the GIL and the groups run on a thread pool of
-`torch.get_num_threads()` workers (the calling thread's count), or as many as `workers(n)` sets for the
-calling thread (`model.overlap`'s reader: torch on one thread, these loops on every core).
+`torch.get_num_threads()` workers (the calling thread's count: `model.overlap` reads on one).
 """
 from __future__ import annotations
 
 import math
 import os
-import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from typing import Any, NamedTuple
 
 import numba
@@ -279,28 +276,6 @@ class Pass(NamedTuple):
 _POOLS: dict[tuple[int, int], ThreadPoolExecutor] = {}
 
 
-_LOCAL = threading.local()
-
-
-@contextmanager
-def workers(n: int) -> Iterator[None]:
-    """This thread's passes run on up to `n` pool workers whatever its torch thread count. For a reader that
-    keeps torch at one thread (a second OpenMP thread spins between its small calls) while a worker thread
-    encodes beside it: these loops wait without spinning, so they can have both cores while the encoder
-    waits for its next piece and share them when it does not."""
-    old = getattr(_LOCAL, "n", None)
-    _LOCAL.n = max(1, n)
-    try:
-        yield
-    finally:
-        _LOCAL.n = old
-
-
-def _threads() -> int:
-    n = getattr(_LOCAL, "n", None)
-    return int(n) if n is not None else torch.get_num_threads()
-
-
 def _pool(n: int) -> ThreadPoolExecutor:
     """The `n`-worker pool of this process (a forked child makes its own: threads do not survive a fork)."""
     key = (os.getpid(), n)
@@ -350,12 +325,12 @@ def row_pass(
         _groups(rows, KINDS[dtype], _F16, bounds, g0, g1, xs, np.float32(inv_scale), shift_z, given, moments,
                 want_acc, sums, acc)
 
-    n_workers = max(1, min(_threads(), n_groups, r * c // (1 << 16) or 1))
-    if n_workers == 1:
+    workers = max(1, min(torch.get_num_threads(), n_groups, r * c // (1 << 16) or 1))
+    if workers == 1:
         run(0, n_groups)
     else:
-        cuts = [n_groups * k // n_workers for k in range(n_workers + 1)]
-        for fut in [_pool(n_workers).submit(run, a, b) for a, b in zip(cuts, cuts[1:])]:
+        cuts = [n_groups * k // workers for k in range(workers + 1)]
+        for fut in [_pool(workers).submit(run, a, b) for a, b in zip(cuts, cuts[1:])]:
             fut.result()
     return Pass(_reduce(sums), acc.astype(np.float64).sum(0) if want_acc else np.zeros(c))
 

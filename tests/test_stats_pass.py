@@ -77,29 +77,6 @@ def test_result_does_not_depend_on_the_thread_count():
     assert torch.equal(one.stats, two.stats) and one.divisor == two.divisor
 
 
-def test_workers_sets_this_threads_pass_workers_whatever_torchs_count(monkeypatch):
-    """`workers(n)` (the overlapped reader's setting) runs a pass on n pool workers with torch at one thread,
-    gives the bits of one worker, and ends with its block; other threads keep torch's count."""
-    t = _part((1024, 512), torch.bfloat16, 6)
-    used: list[int] = []
-    real_pool = stats_pass._pool
-    monkeypatch.setattr(stats_pass, "_pool", lambda n: used.append(n) or real_pool(n))
-    before = torch.get_num_threads()
-    try:
-        torch.set_num_threads(1)
-        one = stats_and_scale(t)
-        assert used == []  # torch's count: one worker, no pool
-        with stats_pass.workers(2):
-            two = stats_and_scale(t)
-        assert used and set(used) == {2}
-        used.clear()
-        stats_and_scale(t)
-        assert used == []  # the setting ended with the block
-    finally:
-        torch.set_num_threads(before)
-    assert torch.equal(one.stats, two.stats) and one.divisor == two.divisor
-
-
 def test_float64_and_non_contiguous_parts_take_the_torch_path():
     assert not stats_pass.readable(torch.zeros(4, 4, dtype=torch.float64))
     assert not stats_pass.readable(torch.zeros(4, 6).T)
