@@ -70,6 +70,6 @@ def _parse(
     if overlap:
         ck, vectors = overlapped.read(source, predictor.model, c, limits, sha256, progress, predictor.device)
     else:
-        ck = chunk_file(source, c, limits, sha256, progress)
+        ck = chunk_file(source, c, limits, sha256, progress, with_pairs=predictor.config.pair_stats)  # none unread
     skipped = [{"name": s.name, "dtype": s.dtype, "shape": s.shape, "reason": s.reason} for s in ck.skipped]
     return ParsedCheckpoint(sha256, ck.layers, ck.rows, skipped, ck.n_chunks, (time.perf_counter() - t0) * 1000, vectors)

@@ -172,19 +172,20 @@ OnLayer = Callable[["ChunkedLayer"], None]  # each layer as soon as all its part
 def _chunk_planned(
     plan: Admission, get: Callable[[TensorRef], torch.Tensor], header: Header, seed: bytes | str,
     release: Callable[[TensorRef], None] = lambda ref: None, progress: Progress | None = None,
-    on_layer: OnLayer | None = None,
+    on_layer: OnLayer | None = None, with_pairs: bool = True,
 ) -> ChunkedCheckpoint:
     layers, rows, done, everything = [], [], 0, plan.n_params
     scratch = Scratch()  # one buffer for every part's statistics: at most HELD_ELEMS values, freed on return
     # holds one Gram of at most model.pairs.MAX_UNITS^2 values
-    pairs = PairTracker([next((pp.part.shape for pp in lp.parts if pp.part.role != "bias"), None) for lp in plan.layers])
+    pairs = PairTracker([next((pp.part.shape for pp in lp.parts if pp.part.role != "bias"), None) for lp in plan.layers]
+                        if with_pairs else [])  # without: every layer's pair statistics stay zero
     for index, lp in enumerate(plan.layers):
         spec, parts, pair = lp.spec, [], torch.zeros(N_PAIR)
         for pp in lp.parts:
             ref = header.tensors[pp.part.key]
             t = get(ref)  # NaN/Inf are caught by chunk_part's one read of the values
             ch = chunk_part(t, spec.kind, pp.part.role, plan.chunk_size, pp.keep, seed, ref.name, scratch)
-            if pp.part.role != "bias":
+            if pp.part.role != "bias" and with_pairs:
                 pair = pairs.step(index, t)  # after chunk_part: the values are known to be finite
             del t
             release(ref)
@@ -201,9 +202,11 @@ def _chunk_planned(
 
 def chunk_file(
     source: str | Path | bytes, chunk_size: int, limits: Limits, seed: bytes | str, progress: Progress | None = None,
-    on_layer: OnLayer | None = None,
+    on_layer: OnLayer | None = None, with_pairs: bool = True,
 ) -> ChunkedCheckpoint:
     """Admit, then chunk a safetensors file or its bytes one tensor at a time: the one entry point for uploads.
+    `with_pairs=False` leaves the layers' pair statistics at zero, unread: for an encoder that does not use
+    them (`SNEConfig.pair_stats` false), whose read they would only slow.
 
     Memory: the largest tensor's pages of the mapping, the statistics' buffer (one part of at most
     `model.stats.HELD_ELEMS` values) and the kept chunks; the mapping is closed on return and errors carry no
@@ -213,7 +216,7 @@ def chunk_file(
     with CheckpointFile(source, limits) as f:
         plan = admit(f.header, limits, chunk_size)
         try:
-            return _chunk_planned(plan, f.tensor, f.header, seed, f.release, progress, on_layer)
+            return _chunk_planned(plan, f.tensor, f.header, seed, f.release, progress, on_layer, with_pairs)
         except CheckpointError as e:
             failure = CheckpointError(e.reason, e.message)
         except (RuntimeError, ValueError, TypeError, IndexError) as e:

@@ -45,7 +45,7 @@ def read(
     would (the same `CheckpointFile` check)."""
     if worth_overlapping(read_header(source, limits).n_params, model):
         return read_with_vectors(source, model, chunk_size, limits, seed, progress, device)
-    return chunk_file(source, chunk_size, limits, seed, progress), None
+    return chunk_file(source, chunk_size, limits, seed, progress, with_pairs=model.cfg.pair_stats), None
 
 
 class _PieceEncoder:
@@ -111,7 +111,7 @@ def read_with_vectors(
     # own torch calls are small: a second thread would spin beside them
     try:
         try:
-            ck = chunk_file(source, chunk_size, limits, seed, progress, worker.inbox.put)
+            ck = chunk_file(source, chunk_size, limits, seed, progress, worker.inbox.put, model.cfg.pair_stats)
         except BaseException:
             worker.abandon()
             raise

@@ -94,6 +94,33 @@ def test_file_and_in_memory_paths_give_the_same_pairs(tmp_path, name):
     assert present, f"{name}: no connected pair of layers found"
 
 
+def test_a_read_without_pairs_leaves_them_zero_and_everything_else_equal(tmp_path):
+    path = checkpoint_file(tmp_path, "resnet", seed=3)
+    on = chunk_file(path, 16, Limits(), b"s").layers
+    off = chunk_file(path, 16, Limits(), b"s", with_pairs=False).layers
+    assert any(la.pair[PRESENT] == 1.0 for la in on)  # this net has connected pairs to skip
+    for a, b in zip(on, off, strict=True):
+        assert torch.equal(b.pair, torch.zeros(N_PAIR))
+        assert a.name == b.name and len(a.parts) == len(b.parts)
+        for (ra, ca), (rb, cb) in zip(a.parts, b.parts, strict=True):
+            assert ra == rb and torch.equal(ca.values, cb.values) and torch.equal(ca.stats, cb.stats)
+
+
+def test_the_service_reads_pairs_only_for_an_encoder_that_uses_them(tmp_path):
+    from app.parsing import parse_upload
+    from model.predictor import Predictor
+
+    path = checkpoint_file(tmp_path, "resnet", seed=4)
+    for on in (False, True):
+        torch.manual_seed(0)
+        pred = Predictor(SNE(_pair_cfg(on)).eval(), Predictor.untrained().card.model_dump())
+        parsed = parse_upload(path, "0" * 64, pred, Limits())
+        assert any(la.pair[PRESENT] == 1.0 for la in parsed.chunked) is on
+        if not on:  # an encoder without the pair path: reading them or not gives the same bits
+            full = chunk_file(path, 16, Limits(), "0" * 64).layers
+            assert pred.predict_packed(pack([parsed.chunked]))[0].accuracy == pred.predict_packed(pack([full]))[0].accuracy
+
+
 def _pair_cfg(on: bool) -> SNEConfig:
     return SNEConfig(name="t", chunk_size=16, hidden=16, encoding=16, heads=2, inducing=4, head_hidden=16, pair_stats=on)
 
