@@ -6,7 +6,16 @@ from typing import Annotated
 
 import typer
 
-from app.cli.common import OnBad, console, existing_dir, existing_dirs, existing_files
+from app.cli.common import (
+    OnBad,
+    OnBadCheckpoint,
+    Threads,
+    console,
+    existing_dir,
+    existing_dirs,
+    existing_files,
+    labelled_sources,
+)
 
 
 def calibrate_command(
@@ -22,15 +31,11 @@ def calibrate_command(
         help="Zoo the predictor never trained on, e.g. `sne zoo --seed 1` of its family; every split is used "
         "(repeatable).",
     )] = None,
-    threads: Annotated[int, typer.Option(min=1, help="torch threads.")] = 2,
-    on_bad_checkpoint: Annotated[OnBad, typer.Option(
-        help="A checkpoint that cannot be read: fail (list them) or skip.",
-    )] = OnBad.fail,
+    threads: Threads = 2,
+    on_bad_checkpoint: OnBadCheckpoint = OnBad.fail,
 ) -> None:
     """Calibrate the 90/80/95 % intervals on the predictor's val split plus these checkpoints (a new version)."""
-    sources = [*(labels or []), *(zoo_dirs or [])]
-    if not sources:
-        raise typer.BadParameter("give --labels FILE.csv or --zoo DIR (at least one)", param_hint="'--labels' / '--zoo'")
+    sources = labelled_sources(labels, zoo_dirs)
     import torch
 
     from model.training.calibrate import recalibrate

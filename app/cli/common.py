@@ -10,7 +10,7 @@ import functools
 from collections.abc import Callable
 from enum import Enum
 from pathlib import Path
-from typing import Any, NoReturn, TypeVar
+from typing import Annotated, Any, NoReturn, TypeVar
 
 import click
 import typer
@@ -78,6 +78,14 @@ def existing_files(values: list[Path] | None) -> list[Path] | None:
     return values
 
 
+def labelled_sources(labels: list[Path] | None, zoo_dirs: list[Path] | None) -> list[Path]:
+    """`--labels` files then `--zoo` folders, the sources of train/eval/calibrate; at least one is required."""
+    sources = [*(labels or []), *(zoo_dirs or [])]
+    if not sources:
+        raise typer.BadParameter("give --labels FILE.csv or --zoo DIR (at least one)", param_hint="'--labels' / '--zoo'")
+    return sources
+
+
 def config_name(value: str) -> str:
     """Callback: an SNE config name (`small`, `tiny`, `paper`, ...)."""
     from model.config import CONFIGS
@@ -92,6 +100,10 @@ class OnBad(str, Enum):
 
     fail = "fail"
     skip = "skip"
+
+
+Threads = Annotated[int, typer.Option(min=1, help="torch threads.")]
+OnBadCheckpoint = Annotated[OnBad, typer.Option(help="A checkpoint that cannot be read: fail (list them) or skip.")]
 
 
 class StatsEncoding(str, Enum):

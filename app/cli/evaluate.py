@@ -6,7 +6,16 @@ from typing import Annotated
 
 import typer
 
-from app.cli.common import OnBad, console, existing_dir, existing_dirs, existing_files
+from app.cli.common import (
+    OnBad,
+    OnBadCheckpoint,
+    Threads,
+    console,
+    existing_dir,
+    existing_dirs,
+    existing_files,
+    labelled_sources,
+)
 
 
 def eval_command(
@@ -25,7 +34,7 @@ def eval_command(
     )] = None,
     max_test: Annotated[int | None, typer.Option(min=1, help="Subsample each test split.")] = None,
     update_card: Annotated[bool, typer.Option(help="Write the metrics into the first predictor's card.")] = False,
-    threads: Annotated[int, typer.Option(min=1, help="torch threads.")] = 2,
+    threads: Threads = 2,
     chunks_only: Annotated[Path | None, typer.Option(
         callback=existing_dir, help="The chunks-only SNE of the first predictor's setup, for the ablation column.",
     )] = None,
@@ -33,14 +42,10 @@ def eval_command(
         callback=existing_dir, help="The statistics-only SNE of the first predictor's setup, for the ablation column.",
     )] = None,
     n_boot: Annotated[int, typer.Option(min=10, help="Bootstrap replicates for the 95 % intervals on tau.")] = 1000,
-    on_bad_checkpoint: Annotated[OnBad, typer.Option(
-        help="A test checkpoint that cannot be read: fail (list them) or skip.",
-    )] = OnBad.fail,
+    on_bad_checkpoint: OnBadCheckpoint = OnBad.fail,
 ) -> None:
     """Kendall τ of SNE vs the pooled-statistics GBM, STATNN and MLP: in-distribution, cross-dataset, cross-architecture."""
-    sources = [*(labels or []), *(zoo_dirs or [])]
-    if not sources:
-        raise typer.BadParameter("give --labels FILE.csv or --zoo DIR (at least one)", param_hint="'--labels' / '--zoo'")
+    sources = labelled_sources(labels, zoo_dirs)
     import torch
 
     from model.evaluation import evaluate

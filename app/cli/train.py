@@ -11,11 +11,13 @@ from app.cli.common import (
     OnBad,
     StatsEncoding,
     StatsView,
+    Threads,
     config_name,
     console,
     err,
     existing_dirs,
     existing_files,
+    labelled_sources,
 )
 
 
@@ -85,7 +87,7 @@ def train_command(
     max_eval: Annotated[int | None, typer.Option(min=1, help="Subsample the val split (selection + calibration).")] = None,
     seed: Annotated[int, typer.Option()] = 0,
     device: Annotated[Device, typer.Option(help="cpu or cuda.")] = Device.cpu,
-    threads: Annotated[int, typer.Option(min=1, help="torch threads.")] = 2,
+    threads: Threads = 2,
     name: Annotated[str | None, typer.Option(help="Predictor name in its card.")] = None,
     on_bad_checkpoint: Annotated[OnBad, typer.Option(
         help="A checkpoint that cannot be read: fail (list them) or skip (counted in the card).",
@@ -94,9 +96,7 @@ def train_command(
     restart: Annotated[bool, typer.Option("--restart", help="Discard the run in --out and start over.")] = False,
 ) -> None:
     """Train SNE (BCE + ranking on test accuracy, AdamW, LIR) and save a calibrated predictor; resumes if interrupted."""
-    sources = [*(labels or []), *(zoo_dirs or [])]
-    if not sources:
-        raise typer.BadParameter("give --labels FILE.csv or --zoo DIR (at least one)", param_hint="'--labels' / '--zoo'")
+    sources = labelled_sources(labels, zoo_dirs)
     if resume and restart:
         raise typer.BadParameter("--resume keeps the old run, --restart discards it: give one", param_hint="'--resume'")
     import torch
