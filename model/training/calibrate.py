@@ -22,18 +22,17 @@ import torch
 from model.evaluation.metrics import conformal_quantiles, normalized_conformal
 from model.labels import read_labels
 from model.predictor import Predictor, weights_digest
-from model.training.examples import Example, OnBad, load_split, predict_examples
+from model.training.examples import Example, ExamplePredictions, OnBad, load_split, predict_examples
 from model.training.guards import TrainError, calibratable
 from model.zoo.families import family_of
 
 
 def conformal_section(
-    model: torch.nn.Module, reference: torch.Tensor, ref_residuals: np.ndarray, cal_set: Sequence[Example],
+    out: ExamplePredictions, cal_set: Sequence[Example], reference: torch.Tensor, ref_residuals: np.ndarray,
     has_gap: bool, where: str = "the val split",
 ) -> dict[str, Any]:
-    """Quantiles of |residual| (constant interval) and of |residual| / sigma(x) (normalised, the served one) on
-    `cal_set`, at every level its size allows; `where` names the calibration set in the card."""
-    out = predict_examples(model, list(cal_set))  # type: ignore[arg-type]
+    """Quantiles of |residual| (constant interval) and of |residual| / sigma(x) (normalised, the served one) of
+    the predictions `out` for `cal_set`, at every level its size allows; `where` names the set in the card."""
     true_acc = np.array([e.acc for e in cal_set])
     true_gap = np.array([e.gap or 0.0 for e in cal_set])
     levels = calibratable(len(cal_set))
@@ -66,27 +65,25 @@ def calibration_set(
             raise TrainError(f"the predictor's training source {d} is not here: its val split is part of the "
                              "calibration set, so calibrate where that zoo or labels file is")
     opts = (card.model_extra or {}).get("training") or {}
+    own_sources = {d.resolve() for d in trained_from}
     own = {lab.path.resolve() for d in trained_from for lab in read_labels(d)}
     for s in sources:
-        if Path(s).resolve() in {d.resolve() for d in trained_from}:
+        if Path(s).resolve() in own_sources:
             raise TrainError(f"{s} is a training source of this predictor: give a zoo or labels it never saw")
         shared = [lab.path for lab in read_labels(Path(s)) if lab.path.resolve() in own]
         if shared:
             raise TrainError(f"{s}: {len(shared)} checkpoint(s) belong to the predictor's training sources, e.g. {shared[0]}")
     val = load_split(trained_from, "val", chunk, opts.get("max_eval"), int(opts.get("seed", 0)), on_bad).examples
-    extra = [e for split in ("train", "val", "test") for e in load_split(list(sources), split, chunk, None, 0, on_bad).examples]
+    per_source = {str(s): [e for split in ("train", "val", "test") for e in load_split([s], split, chunk, None, 0, on_bad).examples]
+                  for s in sources}
+    extra = [e for examples in per_source.values() for e in examples]
     families, datasets = {family_of(a) for a in card.zoo.archs}, set(card.zoo.datasets)
     foreign = sorted({f"{family_of(e.arch)}/{e.dataset}" for e in extra
                       if family_of(e.arch) not in families or e.dataset not in datasets})
     if foreign:
         raise TrainError(f"calibration checkpoints of {', '.join(foreign)}: the predictor was trained on "
                          f"{'+'.join(sorted(families))} / {'+'.join(sorted(datasets))} only")
-    return val + extra, {"val": len(val), **{str(s): n for s in sources if (n := _count(s, extra))}}
-
-
-def _count(source: Path, examples: Sequence[Example]) -> int:
-    paths = {lab.path.resolve() for lab in read_labels(Path(source))}
-    return sum(1 for e in examples if e.path and Path(e.path).resolve() in paths)
+    return val + extra, {"val": len(val), **{s: len(examples) for s, examples in per_source.items() if examples}}
 
 
 def recalibrate(predictor_dir: Path, sources: Sequence[Path], on_bad: OnBad = "fail") -> Predictor:
@@ -99,8 +96,8 @@ def recalibrate(predictor_dir: Path, sources: Sequence[Path], on_bad: OnBad = "f
     cal_set, counts = calibration_set(predictor, sources, on_bad)
     has_gap = bool(predictor.card.predicts_gap) and all(e.gap is not None for e in cal_set)
     where = "the val split and " + ", ".join(f"{n} checkpoints of {s} (every split)" for s, n in counts.items() if s != "val")
-    section = conformal_section(predictor.model, predictor.reference.cpu(), predictor.residuals.cpu().numpy(),
-                                cal_set, has_gap, where)
+    section = conformal_section(predict_examples(predictor.model, cal_set), cal_set, predictor.reference.cpu(),
+                                predictor.residuals.cpu().numpy(), has_gap, where)
     section["sources"] = counts
     path = Path(predictor_dir) / "card.json"
     card = json.loads(path.read_text())

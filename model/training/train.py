@@ -338,7 +338,7 @@ def finalize(
             "kendall_tau": val_tau, "pooled_kendall_tau": quality["kendall_tau"]["pooled"],
             **({"gap_kendall_tau": kendall_tau(val["gap"], true_gap)} if has_gap else {}),
         }},
-        "conformal": conformal_section(model, reference, ref_residuals, val_set, has_gap),
+        "conformal": conformal_section(val, val_set, reference, ref_residuals, has_gap),  # val predicted once
         "budgets": {"layer_chunk_budget": limits.layer_chunk_budget,
                     "checkpoint_chunk_budget": limits.checkpoint_chunk_budget, "train_chunks_per_part": opts.train_chunks},
         "ood": {"method": f"mean distance to the {OOD_K} nearest training embeddings, or an unseen architecture",
