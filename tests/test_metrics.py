@@ -11,6 +11,7 @@ from model.evaluation.metrics import (
     conformal_quantile,
     conformal_quantiles,
     coverage,
+    grouped_kendall_tau,
     interval,
     kendall_tau,
 )
@@ -24,6 +25,19 @@ def test_kendall_tau_hand_example() -> None:
     assert kendall_tau([1, 2, 3, 4], [1, 2, 3, 4]) == pytest.approx(1.0)
     assert kendall_tau([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
 
+
+def test_grouped_kendall_tau_is_the_mean_of_each_groups_tau() -> None:
+    # group a ranks right, group b backwards; pooled, the levels (a above b) dominate
+    pred = [10, 11, 12, 13, 14, 4, 3, 2, 1, 0]
+    true = [0.8, 0.81, 0.82, 0.83, 0.84, 0.1, 0.2, 0.3, 0.4, 0.5]
+    groups = ["a"] * 5 + ["b"] * 5
+    assert grouped_kendall_tau(pred, true, groups) == pytest.approx(0.0)  # (1 + -1) / 2
+    assert kendall_tau(pred, true) > 0.5
+    # a group below min_size is left out; none left: the pooled tau
+    assert grouped_kendall_tau(pred[:6], true[:6], groups[:6]) == pytest.approx(1.0)
+    assert grouped_kendall_tau(pred[:4], true[:4], ["x", "y", "x", "y"]) == pytest.approx(kendall_tau(pred[:4], true[:4]))
+    with pytest.raises(ValueError, match="differ in length"):
+        grouped_kendall_tau(pred, true, groups[:3])
 
 def test_kendall_tau_ties_is_tau_b() -> None:
     # pred has one tied pair: n0 = 6, n1 = 1, n2 = 0; 5 concordant, 0 discordant -> 5 / sqrt(5 * 6)

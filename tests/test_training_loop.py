@@ -24,6 +24,20 @@ def test_ranking_loss_rewards_the_right_order_only():
     assert float(loss) == 0.0 and torch.equal(logit.grad, torch.zeros(2))
 
 
+def test_ranking_loss_within_groups_ignores_pairs_across_them():
+    # two families at different accuracy levels; within each, the logits rank right, across them wrong
+    target = torch.tensor([0.9, 0.8, 0.3, 0.2])
+    logit = torch.tensor([-1.0, -6.0, 6.0, 1.0])
+    group = torch.tensor([0, 0, 1, 1])
+    within = ranking_loss(logit, target, group=group)
+    assert float(within) < 0.01  # two pairs, both ordered right by a margin of 5
+    assert float(ranking_loss(logit, target)) > 2.0  # the four cross pairs are ordered wrong by 2 to 12
+    # a batch with no ranked pair inside any group: zero, with zero (not NaN) gradients
+    x = torch.tensor([1.0, -1.0], requires_grad=True)
+    loss = ranking_loss(x, torch.tensor([0.9, 0.1]), group=torch.tensor([0, 1]))
+    loss.backward()
+    assert float(loss) == 0.0 and torch.equal(x.grad, torch.zeros(2))
+
 def test_lr_warms_up_then_decays_to_zero():
     total, warm = 1000, 0.05
     f = [lr_factor(s, total, warm) for s in range(total)]

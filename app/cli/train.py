@@ -1,6 +1,7 @@
 """`sne train`: train SNE on labelled checkpoints (a labels CSV, or zoos) and save a calibrated predictor."""
 from __future__ import annotations
 
+from enum import Enum
 from pathlib import Path
 from typing import Annotated
 
@@ -19,6 +20,20 @@ from app.cli.common import (
     existing_files,
     labelled_sources,
 )
+
+
+class RankPairs(str, Enum):
+    """Which pairs of a batch the ranking loss orders."""
+
+    within = "within"
+    all = "all"
+
+
+class SelectOn(str, Enum):
+    """Which val τ picks each member's epoch."""
+
+    grouped = "grouped"
+    pooled = "pooled"
 
 
 def train_command(
@@ -59,6 +74,17 @@ def train_command(
     warmup: Annotated[float, typer.Option(min=0.0, max=1.0, help="Share of the steps spent warming up.")] = 0.05,
     clip_grad: Annotated[float, typer.Option(min=0.0, help="Clip the gradient norm to this (0 = off).")] = 1.0,
     rank_weight: Annotated[float, typer.Option(min=0.0, help="Pairwise ranking loss weight beside BCE (0 = off).")] = 1.0,
+    rank_pairs: Annotated[RankPairs, typer.Option(
+        help="within: the ranking loss orders only checkpoints of one family and dataset (tau is scored per zoo); "
+        "all: every pair of the batch. The same for one zoo.",
+    )] = RankPairs.within,
+    select_on: Annotated[SelectOn, typer.Option(
+        help="grouped: keep the epoch with the best mean of each family/dataset's val tau; pooled: one tau over "
+        "every val checkpoint. The same for one zoo.",
+    )] = SelectOn.grouped,
+    balance: Annotated[bool, typer.Option(
+        "--balance", help="Draw each epoch's checkpoints so every family/dataset weighs the same (with replacement).",
+    )] = False,
     patience: Annotated[int, typer.Option(
         min=0, help="Stop after this many epochs without a better val tau (0 = never).",
     )] = 0,
@@ -106,7 +132,8 @@ def train_command(
 
     torch.set_num_threads(threads)
     opts = TrainOptions(config=config, stats_view=stats_view.value, stats_encoding=stats_encoding.value, pair_stats=pair_stats, members=members, collapse_retries=collapse_retries, epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
-                        warmup=warmup, rank_weight=rank_weight, patience=patience, train_chunks=train_chunks,
+                        warmup=warmup, rank_weight=rank_weight, rank_pairs=rank_pairs.value,
+                        select_on=select_on.value, balance=balance, patience=patience, train_chunks=train_chunks,
                         lir_weight=lir_weight, gap_weight=gap_weight, gap_detach=gap_detach, layer_drop=layer_drop, kind_drop=kind_drop, ema=ema,
                         lir_fraction=lir_fraction, clip_grad=clip_grad, max_train=max_train, max_eval=max_eval, seed=seed,
                         device=device.value, name=name, on_bad_checkpoint=on_bad_checkpoint.value)

@@ -32,9 +32,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from model.admission import Limits
 from model.architecture import seen_architectures, signature
 from model.config import get_config
-from model.evaluation.metrics import (
-    kendall_tau,
-)
+from model.evaluation.metrics import grouped_kendall_tau, kendall_tau
 from model.packing import pack
 from model.predictor import OOD_K, Predictor, knn_score, weights_digest
 from model.sne import SNE, Encoder, SNEOutput, build_encoder
@@ -70,6 +68,9 @@ class TrainOptions:
     warmup: float = 0.05  # share of all steps spent warming up linearly; cosine decay to 0 afterwards
     clip_grad: float = 1.0  # max gradient norm (0 = off)
     rank_weight: float = 1.0  # pairwise logistic ranking loss beside BCE (0 = off)
+    rank_pairs: str = "within"  # within: only pairs of one family and dataset are ranked; all: every pair
+    select_on: str = "grouped"  # val τ that picks the epoch: grouped (mean of each family/dataset's), or pooled
+    balance: bool = False  # draw each epoch's checkpoints so every family/dataset weighs the same (with replacement)
     patience: int = 0  # stop after this many epochs without a better val τ (0 = run all epochs)
     train_chunks: int = 64  # chunks per part seen in a training step, sampled anew each time (0 = all)
     lir_weight: float = 1.0  # 0 turns Logit Invariance Regularization off
@@ -97,10 +98,15 @@ def kept_collapsed(run: dict) -> bool:
     return kept is not None and kept["val_pred_std"] < COLLAPSE_STD
 
 
-def ranking_loss(logit: torch.Tensor, target: torch.Tensor, margin: float = 0.01) -> torch.Tensor:
-    """Pairwise logistic loss over every ordered pair of the batch whose targets differ by more than `margin`."""
+def ranking_loss(
+    logit: torch.Tensor, target: torch.Tensor, margin: float = 0.01, group: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Pairwise logistic loss over every ordered pair of the batch whose targets differ by more than `margin`;
+    with `group`, only pairs within one group (τ is scored per zoo: across families BCE sets the levels)."""
     diff = target[:, None] - target[None, :]  # [b, b]
     pairs = diff > margin  # [b, b]: i should rank above j
+    if group is not None:
+        pairs &= group[:, None] == group[None, :]
     if not bool(pairs.any()):
         return logit.sum() * 0.0
     return F.softplus(-(logit[:, None] - logit[None, :])[pairs]).mean()
@@ -111,6 +117,17 @@ def gap_loss(model: SNE, out: SNEOutput, target: torch.Tensor, detach: bool) -> 
     embedding, but the second target cannot pull the encoder away from ranking accuracy."""
     gap = model.gap_head(out.embedding.detach()).squeeze(-1) if detach else out.gap  # [b]
     return F.mse_loss(gap, target)
+
+
+def group_keys(examples: Sequence[Example]) -> list[tuple[str, str]]:
+    """Each example's (family/arch, dataset): the unit `sne eval` scores τ over."""
+    return [(e.arch, e.dataset) for e in examples]
+
+
+def selection_tau(pred: np.ndarray, examples: Sequence[Example], how: str) -> float:
+    """The val τ that picks a member's epoch: the mean of each group's τ (`grouped`), or one pooled τ."""
+    true = np.array([e.acc for e in examples])
+    return grouped_kendall_tau(pred, true, group_keys(examples)) if how == "grouped" else kendall_tau(pred, true)
 
 
 def lr_factor(step: int, total: int, warmup: float) -> float:
@@ -224,8 +241,10 @@ def fit_member(
     gen = torch.Generator().manual_seed(opts.seed)
     y = torch.tensor([e.acc for e in train_set])
     g = torch.tensor([0.0 if e.gap is None else e.gap for e in train_set])
+    keys = group_keys(train_set)
+    group_of = torch.tensor([sorted(set(keys)).index(k) for k in keys])  # [n_train]
+    draw_weight = 1.0 / torch.bincount(group_of)[group_of].double()  # [n_train]: each group sums to one
     steps = -(-len(train_set) // opts.batch_size)
-    val_true = np.array([e.acc for e in val_set])
     with Progress(disable=not progress, transient=False) as bar:
         task = bar.add_task("train", total=opts.epochs * steps, completed=info["epoch"] * steps)
         for epoch in range(info["epoch"], opts.epochs):
@@ -234,7 +253,8 @@ def fit_member(
                 break
             model.train()
             t_epoch = time.time()
-            order = torch.randperm(len(train_set), generator=gen).tolist()
+            order = (torch.multinomial(draw_weight, len(train_set), replacement=True, generator=gen) if opts.balance
+                     else torch.randperm(len(train_set), generator=gen)).tolist()
             losses = []
             for s in range(steps):
                 idx = order[s * opts.batch_size : (s + 1) * opts.batch_size]
@@ -245,7 +265,8 @@ def fit_member(
                 target = y[idx].to(opts.device)
                 loss = F.binary_cross_entropy_with_logits(out.logit, target)
                 if opts.rank_weight > 0:
-                    loss = loss + opts.rank_weight * ranking_loss(out.logit, target)
+                    within = group_of[idx].to(opts.device) if opts.rank_pairs == "within" else None
+                    loss = loss + opts.rank_weight * ranking_loss(out.logit, target, group=within)
                 loss = loss + opts.gap_weight * gap_loss(model, out, g[idx].to(opts.device), opts.gap_detach)
                 n_lir = round(len(batch) * opts.lir_fraction)
                 if opts.lir_weight > 0 and n_lir > 0:
@@ -262,7 +283,7 @@ def fit_member(
                 losses.append(loss.item())
                 bar.update(task, advance=1, description=f"epoch {epoch + 1}/{opts.epochs} loss {np.mean(losses):.4f}")
             val = predict_examples(judged, val_set)
-            tau = kendall_tau(val["acc"], val_true)
+            tau = selection_tau(val["acc"], val_set, opts.select_on)
             spread = float(np.std(val["acc"]))
             info["history"].append(
                 {"epoch": epoch + 1, "loss": float(np.mean(losses)), "val_kendall_tau": tau, "val_pred_std": spread}
@@ -336,6 +357,7 @@ def finalize(
         },
         "metrics": {"val": {
             "kendall_tau": val_tau, "pooled_kendall_tau": quality["kendall_tau"]["pooled"],
+            "grouped_kendall_tau": selection_tau(val["acc"], val_set, "grouped"),
             **({"gap_kendall_tau": kendall_tau(val["gap"], true_gap)} if has_gap else {}),
         }},
         "conformal": conformal_section(val, val_set, reference, ref_residuals, has_gap),  # val predicted once
