@@ -7,7 +7,7 @@ import torch
 from model.chunking import ChunkedLayer
 from model.layers import LayerKind
 from model.training.examples import drop_layers, hide_kinds
-from model.training.train import lr_factor, ranking_loss
+from model.training.train import epoch_order, lr_factor, ranking_loss
 
 
 def test_ranking_loss_rewards_the_right_order_only():
@@ -38,7 +38,14 @@ def test_ranking_loss_within_groups_ignores_pairs_across_them():
     loss.backward()
     assert float(loss) == 0.0 and torch.equal(x.grad, torch.zeros(2))
 
-def test_lr_warms_up_then_decays_to_zero():
+def test_balanced_epoch_draws_each_group_equally_often():
+    group_of = torch.tensor([0] * 900 + [1] * 100)
+    gen = torch.Generator().manual_seed(0)
+    assert sorted(epoch_order(group_of, False, gen)) == list(range(1000))  # a plain permutation
+    drawn = torch.tensor([i for _ in range(4) for i in epoch_order(group_of, True, gen)])  # 4 epochs of 1,000
+    small = int((drawn >= 900).sum())
+    assert 1700 < small < 2300  # about half of 4,000 draws (binomial sd 32), not a tenth as in the data
+    assert drawn.unique().numel() > 600  # the large group is still seen widely
     total, warm = 1000, 0.05
     f = [lr_factor(s, total, warm) for s in range(total)]
     assert f[0] == 1 / 50 and f[49] == 1.0  # linear warm-up over 5 % of the steps

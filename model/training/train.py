@@ -130,6 +130,16 @@ def selection_tau(pred: np.ndarray, examples: Sequence[Example], how: str) -> fl
     return grouped_kendall_tau(pred, true, group_keys(examples)) if how == "grouped" else kendall_tau(pred, true)
 
 
+def epoch_order(group_of: torch.Tensor, balance: bool, gen: torch.Generator) -> list[int]:
+    """One epoch's training indices: a permutation, or (`balance`) as many draws with replacement, each group
+    drawn equally often on average, so a small family is not outweighed by a large one."""
+    n = group_of.numel()
+    if not balance:
+        return torch.randperm(n, generator=gen).tolist()
+    weight = 1.0 / torch.bincount(group_of)[group_of].double()  # [n]: every group's weights sum to one
+    return torch.multinomial(weight, n, replacement=True, generator=gen).tolist()
+
+
 def lr_factor(step: int, total: int, warmup: float) -> float:
     """Linear warm-up over `warmup * total` steps, then cosine decay to 0 at `total`."""
     w = max(1, int(warmup * total))
@@ -243,7 +253,6 @@ def fit_member(
     g = torch.tensor([0.0 if e.gap is None else e.gap for e in train_set])
     keys = group_keys(train_set)
     group_of = torch.tensor([sorted(set(keys)).index(k) for k in keys])  # [n_train]
-    draw_weight = 1.0 / torch.bincount(group_of)[group_of].double()  # [n_train]: each group sums to one
     steps = -(-len(train_set) // opts.batch_size)
     with Progress(disable=not progress, transient=False) as bar:
         task = bar.add_task("train", total=opts.epochs * steps, completed=info["epoch"] * steps)
@@ -253,8 +262,7 @@ def fit_member(
                 break
             model.train()
             t_epoch = time.time()
-            order = (torch.multinomial(draw_weight, len(train_set), replacement=True, generator=gen) if opts.balance
-                     else torch.randperm(len(train_set), generator=gen)).tolist()
+            order = epoch_order(group_of, opts.balance, gen)
             losses = []
             for s in range(steps):
                 idx = order[s * opts.batch_size : (s + 1) * opts.batch_size]
