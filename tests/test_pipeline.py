@@ -163,6 +163,34 @@ def test_end_to_end(zoos, tmp_path):
     assert tau["in_distribution"]["pooled"] is not None and tau["cross_arch"]["pooled"] is not None  # any arch
 
 
+def test_a_mixture_selects_and_reports_on_each_familys_tau(zoos, tmp_path):
+    """Two families: the epoch is picked on the mean of each family/dataset's val τ (what `sne eval` scores),
+    and the card reports it beside the pooled τ, which also rewards telling the families' levels apart."""
+    import numpy as np
+
+    from model.evaluation.metrics import kendall_tau
+    from model.training.examples import predict_examples
+
+    a, b = zoos
+    opts = TrainOptions(config="tiny", epochs=2, batch_size=16, lr=3e-3, lir_weight=0.0, seed=0)
+    pred = train([a, b], tmp_path / "mix", opts, progress=False)
+    card = json.loads((tmp_path / "mix" / "card.json").read_text())
+    val = load_examples([a, b], "val", pred.config.chunk_size)
+    out = predict_examples(pred.model, val)["acc"]
+    groups = {}
+    for i, e in enumerate(val):
+        groups.setdefault((e.arch, e.dataset), []).append(i)
+    true = np.array([e.acc for e in val])
+    per = [kendall_tau(out[ix], true[ix]) for ix in groups.values() if len(ix) >= 5]
+    assert len(groups) == 2 and per  # arch2's few val checkpoints may be under the 5 a group needs
+    grouped = card["metrics"]["val"]["grouped_kendall_tau"]
+    assert grouped == pytest.approx(float(np.mean(per)), abs=1e-6)
+    assert card["metrics"]["val"]["kendall_tau"] == pytest.approx(kendall_tau(out, true), abs=1e-6)
+    assert abs(grouped - card["metrics"]["val"]["kendall_tau"]) > 1e-3  # two different measures here
+    # the kept epoch is the one with the best grouped τ, and that is what the member reports
+    assert card["training"]["member_val_kendall_tau"][0] == pytest.approx(grouped, abs=1e-6)
+    assert card["quality"]["grouped_kendall_tau"]["sne"] == pytest.approx(grouped, abs=1e-6)
+
 def _chunk_sets(layers) -> list[torch.Tensor]:
     """Per part, the multiset of chunks, each chunk as the multiset of its real values: what SNE sees up to order.
 

@@ -143,14 +143,18 @@ def train_command(
     for col in ("train", "val", "SNE val τ", "pooled GBM val τ", "LIR permutable", "unreadable", "OOD flags on train"):
         table.add_column(col, justify="right")
     quality, lir, ood = card.get("quality", {}), card.get("lir", {}), card.get("ood", {})
+    tau = quality.get("grouped_kendall_tau", quality["kendall_tau"])  # per family/dataset, averaged
     table.add_row(
-        str(card["splits"]["train"]), str(card["splits"]["val"]), f"{quality['kendall_tau']['sne']:.3f}",
-        f"{quality['kendall_tau']['pooled']:.3f}", f"{lir.get('permutable', 0)} of {card['splits']['train']}",
+        str(card["splits"]["train"]), str(card["splits"]["val"]), f"{tau['sne']:.3f}",
+        f"{tau['pooled']:.3f}", f"{lir.get('permutable', 0)} of {card['splits']['train']}",
         str(len(card.get("unreadable_checkpoints", []))), f"{ood.get('train_flag_rate', 0):.1%}",
     )
     console.print(table)
+    if len(card["zoo"]["archs"]) * len(card["zoo"]["datasets"]) > 1:
+        console.print("val τ: the mean of each family/dataset's τ (pooled over every val checkpoint: "
+                      f"SNE {quality['kendall_tau']['sne']:.3f}, GBM {quality['kendall_tau']['pooled']:.3f})")
     for reason, n in lir.get("reasons", {}).items():
         err.print(f"[yellow]LIR skipped {n} checkpoint(s):[/] {reason}", soft_wrap=True)
     for w in card.get("warnings", []):
         err.print(f"[bold yellow]WARNING:[/] {w}", soft_wrap=True)
-    console.print(f"saved {pred.name} {pred.version} to {out} (val τ {pred.card.metrics.val['kendall_tau']:.3f})", soft_wrap=True)
+    console.print(f"saved {pred.name} {pred.version} to {out} (val τ {tau['sne']:.3f})", soft_wrap=True)

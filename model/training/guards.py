@@ -21,7 +21,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from model.evaluation.metrics import DEFAULT_ALPHAS, kendall_tau
+from model.evaluation.metrics import DEFAULT_ALPHAS, grouped_kendall_tau, kendall_tau
 
 ResumeMode = Literal["check", "keep", "restart"]
 
@@ -99,20 +99,25 @@ def ood_check(val_scores: np.ndarray, train_scores: np.ndarray) -> dict[str, Any
 
 def quality_report(
     sne_val: np.ndarray, true_val: np.ndarray, train_states: Sequence[dict[str, torch.Tensor]], train_y: Sequence[float],
-    val_states: Sequence[dict[str, torch.Tensor]], seed: int = 0,
+    val_states: Sequence[dict[str, torch.Tensor]], seed: int = 0, groups: Sequence[object] | None = None,
 ) -> dict[str, Any]:
-    """SNE's val τ against the pooled-statistics GBM trained on the same train split, with warnings."""
+    """SNE's val τ against the pooled-statistics GBM trained on the same train split, with warnings. With
+    `groups` (the val checkpoints' family/dataset) the warning compares the mean of each group's τ, as
+    `sne eval` scores a mixture; the pooled τ is kept beside it."""
     from model.evaluation.baselines import (
         fit_predict,  # here: model.evaluation imports model.training
     )
 
     baseline = fit_predict("pooled", train_states, train_y, val_states, seed=seed)
     tau_sne, tau_base = kendall_tau(sne_val, true_val), kendall_tau(baseline, true_val)
+    groups = groups if groups is not None else [0] * len(true_val)
+    g_sne, g_base = grouped_kendall_tau(sne_val, true_val, groups), grouped_kendall_tau(baseline, true_val, groups)
+    per = " (mean of each family/dataset's)" if len(set(groups)) > 1 else ""
     warnings = []
-    if tau_sne <= tau_base:
+    if g_sne <= g_base:
         warnings.append(
-            f"SNE ranks the validation split worse than the pooled-statistics baseline (τ {tau_sne:.3f} vs "
-            f"{tau_base:.3f}): do not gate on this predictor; train longer, on more checkpoints, or use the baseline"
+            f"SNE ranks the validation split worse than the pooled-statistics baseline (τ{per} {g_sne:.3f} vs "
+            f"{g_base:.3f}): do not gate on this predictor; train longer, on more checkpoints, or use the baseline"
         )
     if tau_sne < LOW_TAU:
         warnings.append(f"validation τ {tau_sne:.3f} is below {LOW_TAU}: the ranking is too weak to gate on")
@@ -120,5 +125,5 @@ def quality_report(
         warnings.append(f"predictions are nearly constant (std {np.std(sne_val):.2e} over {len(sne_val)} checkpoints)")
     return {
         "split": "val", "n": len(true_val), "kendall_tau": {"sne": tau_sne, "pooled": tau_base},
-        "sne_better": tau_sne > tau_base, "warnings": warnings,
+        "grouped_kendall_tau": {"sne": g_sne, "pooled": g_base}, "sne_better": g_sne > g_base, "warnings": warnings,
     }

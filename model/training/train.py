@@ -334,6 +334,7 @@ def finalize(
     ood = ood_check(knn_score(val["emb"], reference).numpy(), knn_score(tr["emb"], reference).numpy())
     quality = quality_report(
         val["acc"], true_acc, [e.state for e in train_set], [e.acc for e in train_set], [e.state for e in val_set], opts.seed,
+        group_keys(val_set),
     )
     datasets = sorted({e.dataset for e in train_set})
     archs = sorted({e.arch for e in train_set})
