@@ -164,15 +164,16 @@ def test_end_to_end(zoos, tmp_path):
 
 
 def test_a_mixture_selects_and_reports_on_each_familys_tau(zoos, tmp_path):
-    """Two families: the epoch is picked on the mean of each family/dataset's val τ (what `sne eval` scores),
-    and the card reports it beside the pooled τ, which also rewards telling the families' levels apart."""
+    """Two families, `select_on="grouped"`: the epoch is picked on the mean of each family/dataset's val τ (what
+    `sne eval` scores), and the card reports it beside the pooled τ, which also rewards telling the families'
+    levels apart."""
     import numpy as np
 
     from model.evaluation.metrics import kendall_tau
     from model.training.examples import predict_examples
 
     a, b = zoos
-    opts = TrainOptions(config="tiny", epochs=2, batch_size=16, lr=3e-3, lir_weight=0.0, seed=0)
+    opts = TrainOptions(config="tiny", epochs=2, batch_size=16, lr=3e-3, lir_weight=0.0, seed=0, select_on="grouped")
     pred = train([a, b], tmp_path / "mix", opts, progress=False)
     card = json.loads((tmp_path / "mix" / "card.json").read_text())
     val = load_examples([a, b], "val", pred.config.chunk_size)

@@ -75,13 +75,13 @@ def train_command(
     clip_grad: Annotated[float, typer.Option(min=0.0, help="Clip the gradient norm to this (0 = off).")] = 1.0,
     rank_weight: Annotated[float, typer.Option(min=0.0, help="Pairwise ranking loss weight beside BCE (0 = off).")] = 1.0,
     rank_pairs: Annotated[RankPairs, typer.Option(
-        help="within: the ranking loss orders only checkpoints of one family and dataset (tau is scored per zoo); "
-        "all: every pair of the batch. The same for one zoo.",
-    )] = RankPairs.within,
+        help="all: the ranking loss orders every pair of the batch; within: only checkpoints of one family and "
+        "dataset (tau is scored per zoo). The same for one zoo.",
+    )] = RankPairs.all,
     select_on: Annotated[SelectOn, typer.Option(
-        help="grouped: keep the epoch with the best mean of each family/dataset's val tau; pooled: one tau over "
-        "every val checkpoint. The same for one zoo.",
-    )] = SelectOn.grouped,
+        help="pooled: keep the epoch with the best tau over every val checkpoint; grouped: the best mean of each "
+        "family/dataset's val tau. The same for one zoo.",
+    )] = SelectOn.pooled,
     balance: Annotated[bool, typer.Option(
         "--balance", help="Draw each epoch's checkpoints so every family/dataset weighs the same (with replacement).",
     )] = False,

@@ -68,8 +68,8 @@ class TrainOptions:
     warmup: float = 0.05  # share of all steps spent warming up linearly; cosine decay to 0 afterwards
     clip_grad: float = 1.0  # max gradient norm (0 = off)
     rank_weight: float = 1.0  # pairwise logistic ranking loss beside BCE (0 = off)
-    rank_pairs: str = "within"  # within: only pairs of one family and dataset are ranked; all: every pair
-    select_on: str = "grouped"  # val τ that picks the epoch: grouped (mean of each family/dataset's), or pooled
+    rank_pairs: str = "all"  # all: every pair of a batch is ranked; within: only pairs of one family and dataset
+    select_on: str = "pooled"  # val τ that picks the epoch: pooled, or grouped (mean of each family/dataset's)
     balance: bool = False  # draw each epoch's checkpoints so every family/dataset weighs the same (with replacement)
     patience: int = 0  # stop after this many epochs without a better val τ (0 = run all epochs)
     train_chunks: int = 64  # chunks per part seen in a training step, sampled anew each time (0 = all)
