@@ -252,7 +252,8 @@ def fit_member(
     y = torch.tensor([e.acc for e in train_set])
     g = torch.tensor([0.0 if e.gap is None else e.gap for e in train_set])
     keys = group_keys(train_set)
-    group_of = torch.tensor([sorted(set(keys)).index(k) for k in keys])  # [n_train]
+    ids = {k: i for i, k in enumerate(sorted(set(keys)))}
+    group_of = torch.tensor([ids[k] for k in keys])  # [n_train]
     steps = -(-len(train_set) // opts.batch_size)
     with Progress(disable=not progress, transient=False) as bar:
         task = bar.add_task("train", total=opts.epochs * steps, completed=info["epoch"] * steps)
@@ -366,7 +367,7 @@ def finalize(
         },
         "metrics": {"val": {
             "kendall_tau": val_tau, "pooled_kendall_tau": quality["kendall_tau"]["pooled"],
-            "grouped_kendall_tau": selection_tau(val["acc"], val_set, "grouped"),
+            "grouped_kendall_tau": quality["grouped_kendall_tau"]["sne"],
             **({"gap_kendall_tau": kendall_tau(val["gap"], true_gap)} if has_gap else {}),
         }},
         "conformal": conformal_section(val, val_set, reference, ref_residuals, has_gap),  # val predicted once
