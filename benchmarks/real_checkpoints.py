@@ -4,7 +4,7 @@ Builds ResNet-18, ViT-B/16, a BERT-base-style encoder, GPT-2 small (fp16) and a 
 checkpoint with the real tensor names and shapes, written tensor by tensor with random values of plausible
 scale (so building needs little RAM), then for each, every measurement in its own subprocess (clean peak RSS):
   - encode: `chunk_file` (header-only admission, streaming statistics, budget sampling) + pack + SNE forward,
-    as `sne encode` runs it: from 100 M parameters the parts' chunk path runs while the file is read
+    as `sne encode` runs it: from 1 M parameters the parts' chunk path runs while the file is read
     (`model.overlap`, "overlapped" in the table; the forward column is then what is left after the read);
   - WeightWatcher's `analyze()` on the state dict (the usual data-free check), under a time limit.
 Also: the part encoder's cost curve (chunks in one part -> seconds), and budgeted vs full encoding on
@@ -205,7 +205,7 @@ def child_encode(path: Path, device: str, budget: str, predictor: str) -> dict:
     limits = Limits.unbudgeted() if budget == "full" else Limits()
     t0, c0 = time.perf_counter(), time.process_time()
     ck, vectors = overlap.read(path, pred.model, pred.config.chunk_size, limits, path.name, device=device)  # as
-    # `sne encode` reads: from 100 M parameters the parts' chunk path runs while the file is read
+    # `sne encode` reads: from 1 M parameters the parts' chunk path runs while the file is read
     t1 = time.perf_counter()
     with torch.no_grad():
         out = pred.model(pack([ck.layers]).to(device), vectors)
@@ -315,7 +315,7 @@ def main() -> None:
     print("Wall seconds, and CPU seconds (all threads) in brackets: on a shared machine the CPU seconds are the fair")
     print("comparison; the ratio is WeightWatcher's CPU seconds over the encoder's. The encode splits into reading")
     print("(header, exact statistics of every value, budgeted chunks: linear in the parameters) and the SNE forward")
-    print("(pack + encoder: bounded by the chunk budget); from 100 M parameters the two overlap (model.overlap): the")
+    print("(pack + encoder: bounded by the chunk budget); from 1 M parameters the two overlap (model.overlap): the")
     print("read column then includes the chunk path run beside it, and the forward column is what is left after.\n")
     print("| checkpoint | params | chunks seen / total | encode s (CPU s) | read + statistics s | forward s | peak RSS MB "
           "| WeightWatcher s (CPU s) | WW peak RSS MB | WW / encode (CPU) |" + (" encode s (GPU) |" if "cuda" in devices else ""))

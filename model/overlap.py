@@ -5,8 +5,9 @@ A large checkpoint's encode is two long stages, each on one core: the exact stat
 part's chunk-path vector depends on its own chunks only (`SNE.part_vectors`), so here a worker thread encodes
 the parts in pieces of about `PIECE_CHUNKS` chunks as their layers come off the read, and the rest of the
 forward (statistics projection, layer and network encoders, heads) runs once on the whole checkpoint. On two
-cores the two stages overlap: a 1.1 B-parameter read and its forward take about as long as the longer of
-the two (`benchmarks/real_checkpoints.py`).
+cores the two stages overlap, and when the read ends the reader's thread takes the pieces the worker has not
+reached: a 1.1 B-parameter read and its forward take about as long as the longer of the two, a short read
+about the forward split over both cores (`benchmarks/real_checkpoints.py`).
 
 Pieces are cut at fixed chunk counts, on layer boundaries, so one file always gives the same pieces and the
 same embedding; a checkpoint of at most one piece gives the bits of `model(pack([layers]))`, a larger one
@@ -27,7 +28,7 @@ from model.packing import pack
 from model.sne import Encoder
 
 PIECE_CHUNKS = 1024  # chunks a piece: the last piece is what runs after the read
-OVERLAP_PARAMS = 100_000_000  # below this the read is short (< ~0.15 s here) and pieces only cost: one forward
+OVERLAP_PARAMS = 1_000_000  # below this a checkpoint is a piece or two: one forward, no worker
 _END = None
 
 
@@ -49,48 +50,70 @@ def read(
 
 
 class _PieceEncoder:
-    """The worker: collects layers into pieces and encodes each piece's parts with `model.part_vectors`."""
+    """The reader cuts layers into numbered pieces (`put`, on the reader's thread) and the worker thread
+    encodes them with `model.part_vectors` as they come. When the read ends, the reader's thread joins in on
+    the pieces still queued (`finish`): the worker may be behind, and the reader's core is free. Every piece
+    runs on `threads` torch threads whichever thread takes it, so which one took it does not change a bit."""
 
     def __init__(self, model: Encoder, device: torch.device, threads: int) -> None:
         self.model, self.device, self.threads = model, device, threads
-        self.inbox: queue.Queue[ChunkedLayer | None] = queue.Queue()
-        self.vectors: list[torch.Tensor] = []  # per piece: [P_i, h] (one SNE) or [members, P_i, h]
+        self.inbox: queue.Queue[tuple[int, list[ChunkedLayer]] | None] = queue.Queue()
+        self.vectors: dict[int, torch.Tensor] = {}  # piece number -> [P_i, h] (one SNE) or [members, P_i, h]
         self.error: BaseException | None = None
+        self._piece: list[ChunkedLayer] = []
+        self._chunks = self._sent = 0
         self.thread = threading.Thread(target=self._run, name="sne-pieces", daemon=True)
         self.thread.start()
 
-    def _encode(self, piece: list[ChunkedLayer]) -> None:
+    def put(self, layer: ChunkedLayer) -> None:
+        """A layer off the read: pieces are cut at fixed chunk counts (the same file, the same pieces)."""
+        self._piece.append(layer)
+        self._chunks += sum(ch.values.shape[0] for _, ch in layer.parts)
+        if self._chunks >= PIECE_CHUNKS:
+            self._send()
+
+    def _send(self) -> None:
+        self.inbox.put((self._sent, self._piece))
+        self._piece, self._chunks, self._sent = [], 0, self._sent + 1
+
+    def _encode(self, number: int, piece: list[ChunkedLayer]) -> None:
         with torch.no_grad():
-            self.vectors.append(self.model.part_vectors(pack([piece]).to(self.device)))
+            self.vectors[number] = self.model.part_vectors(pack([piece]).to(self.device))
 
     def _run(self) -> None:
-        """Pieces until the reader's end mark; on an error, stop (the reader's later layers wait in the queue,
-        which it holds anyway) and leave the error for `finish`. torch's thread count is per thread: this
+        """Pieces until the end mark; on an error, stop (later pieces wait in the queue, which the reader's
+        thread then stops taking) and leave the error for `finish`. torch's thread count is per thread: this
         one sets its own, so the reader keeps a core. The get comes first because torch sets a thread's count
         on its first call, from the last count set anywhere, which would undo a set made before it."""
         torch.get_num_threads()
         torch.set_num_threads(self.threads)
         try:
-            piece: list[ChunkedLayer] = []
-            chunks = 0
-            while (layer := self.inbox.get()) is not _END:
-                piece.append(layer)
-                chunks += sum(ch.values.shape[0] for _, ch in layer.parts)
-                if chunks >= PIECE_CHUNKS:
-                    self._encode(piece)
-                    piece, chunks = [], 0
-            if piece:
-                self._encode(piece)
+            while (item := self.inbox.get()) is not _END:
+                self._encode(*item)
         except BaseException as e:  # noqa: BLE001 - handed to the reader, raised there
             self.error = e
 
     def finish(self) -> torch.Tensor:
-        """Wait for the last piece; the parts' vectors in the checkpoint's order."""
-        self.inbox.put(_END)
-        self.thread.join()
+        """The last piece, then the queued pieces on this thread too until none is left; the parts' vectors in
+        the checkpoint's order."""
+        if self._piece:
+            self._send()
+        own = torch.get_num_threads()
+        torch.set_num_threads(self.threads)
+        try:
+            while self.error is None:
+                try:
+                    item = self.inbox.get_nowait()
+                except queue.Empty:
+                    break
+                if item is not _END:
+                    self._encode(*item)
+        finally:
+            torch.set_num_threads(own)
+            self.abandon()
         if self.error is not None:
             raise self.error
-        return torch.cat(self.vectors, dim=-2)
+        return torch.cat([self.vectors[k] for k in range(self._sent)], dim=-2)
 
     def abandon(self) -> None:
         self.inbox.put(_END)
@@ -111,7 +134,7 @@ def read_with_vectors(
     # own torch calls are small: a second thread would spin beside them
     try:
         try:
-            ck = chunk_file(source, chunk_size, limits, seed, progress, worker.inbox.put, model.cfg.pair_stats)
+            ck = chunk_file(source, chunk_size, limits, seed, progress, worker.put, model.cfg.pair_stats)
         except BaseException:
             worker.abandon()
             raise

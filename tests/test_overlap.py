@@ -126,3 +126,41 @@ def test_the_worker_leaves_the_reader_a_core(tmp_path, pred, monkeypatch, thread
         assert later == [threads]  # and so is the count a new thread starts with
     finally:
         torch.set_num_threads(old)
+
+
+def _split_run(path, pred, monkeypatch, slow: str) -> tuple[torch.Tensor, dict[str, int]]:
+    """`read_with_vectors` with the thread named `slow` sleeping before each piece it encodes; returns the
+    vectors and how many pieces each thread encoded."""
+    done: dict[str, int] = {}
+    part_vectors = pred.model.part_vectors
+
+    def timed(batch):
+        name = "worker" if threading.current_thread().name == "sne-pieces" else "reader"
+        done[name] = done.get(name, 0) + 1
+        if name == slow:
+            threading.Event().wait(0.2)
+        return part_vectors(batch)
+
+    monkeypatch.setattr(pred.model, "part_vectors", timed)
+    _, vectors = overlap.read_with_vectors(path, pred.model, 16, Limits(), "seed")
+    monkeypatch.setattr(pred.model, "part_vectors", part_vectors)
+    return vectors, done
+
+
+def test_the_reader_takes_queued_pieces_when_the_read_ends_with_the_same_bits(tmp_path, pred, monkeypatch):
+    """After the read, the reader's core is free: it encodes the pieces the worker has not reached, each on
+    the worker's thread count, so the vectors do not depend on which thread took which piece."""
+    monkeypatch.setattr(overlap, "PIECE_CHUNKS", 200)
+    path = tmp_path / "m.safetensors"
+    _mlp(path, widths=(128, 96, 128, 80, 64, 10))
+    helped, by_helped = _split_run(path, pred, monkeypatch, slow="worker")
+    alone, by_alone = _split_run(path, pred, monkeypatch, slow="reader")
+    pieces = sum(by_helped.values())
+    assert pieces >= 5 and sum(by_alone.values()) == pieces  # each piece encoded once
+    assert by_helped.get("reader", 0) >= 2  # a slow worker: the reader took pieces
+    assert by_alone.get("worker", 0) > by_helped.get("worker", 0)  # a slow reader: the worker took more
+    assert torch.equal(helped, alone)
+    plain, _, _ = _both(path, pred)
+    with torch.no_grad():
+        both = pred.model(pack([chunk_file(path, 16, Limits(), "seed").layers]), helped)
+    assert torch.allclose(plain.embedding, both.embedding, atol=1e-5)
