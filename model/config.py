@@ -33,6 +33,9 @@ class SNEConfig(BaseModel):
     pair_stats: bool = Field(
         False, description="add a learned projection of each layer's pair statistics with the layer before it (model.pairs)"
     )
+    layer_count: bool = Field(
+        False, description="add a learned projection of log(layers) to the network embedding (its pooling is a mean)"
+    )
     members: int = Field(1, ge=1, description="SNEs trained from different seeds whose logits are averaged")
     slice_tokens: int = Field(
         32768, ge=64, description="set elements per attention call: bounds memory and keeps CPU work in cache"

@@ -6,6 +6,7 @@
     layer_encoder    parts of a layer    -> layer vector        SAB stack + PMA   (weight, bias)
       + pair_proj    the layer's weight against the previous one (`model.pairs`) -> added to the layer vector
     network_encoder  layers              -> network embedding   SAB stack + PMA   (layers are few)
+      + count_proj   log of the layer count (`layer_count`)  -> added to the network embedding
     accuracy_head / gap_head             -> logits
     SNEEnsemble      `cfg.members` SNEs from different seeds   -> logits averaged, embeddings concatenated
 
@@ -74,6 +75,8 @@ class SNE(nn.Module):
             self.pair_proj = nn.Sequential(nn.Linear(N_PAIR, h), nn.ReLU(), nn.Linear(h, h))
         self.layer_encoder = SetStack(h, h, h, cfg.sab_blocks, nh, ln)
         self.network_encoder = SetStack(h, h, cfg.encoding, cfg.sab_blocks, nh, ln)
+        if cfg.layer_count:  # the network pool is an attention-weighted mean: it cannot tell 4 layers from 8
+            self.count_proj = nn.Linear(1, cfg.encoding)
         hh = cfg.head_hidden
         self.accuracy_head = nn.Sequential(
             nn.Linear(cfg.encoding, hh), nn.ReLU(), nn.Linear(hh, hh), nn.ReLU(), nn.Linear(hh, 1)
@@ -148,6 +151,8 @@ class SNE(nn.Module):
         nets = segment_apply(
             lambda x, m, _: self.network_encoder(x, m), leveled, batch.ckpt_start, batch.ckpt_len, st
         )  # [B, encoding]
+        if self.cfg.layer_count:
+            nets = nets + self.count_proj(batch.ckpt_len.to(nets.dtype).log()[:, None])  # [B, encoding]
         return nets, layers
 
     def forward(self, batch: PackedBatch, vectors: torch.Tensor | None = None) -> SNEOutput:

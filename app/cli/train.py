@@ -61,6 +61,10 @@ def train_command(
         "--pair-stats/--no-pair-stats",
         help="Also read how each layer's weight lines up with the previous one (model.pairs: Gram alignment).",
     )] = False,
+    layer_count: Annotated[bool, typer.Option(
+        "--layer-count/--no-layer-count",
+        help="Also give the network embedding the log of the layer count (its pooling alone cannot count layers).",
+    )] = False,
     members: Annotated[int, typer.Option(
         min=1, help="Train this many SNEs from seeds seed..seed+members-1 and average them (an ensemble).",
     )] = 1,
@@ -131,7 +135,7 @@ def train_command(
     from model.training import TrainOptions, train
 
     torch.set_num_threads(threads)
-    opts = TrainOptions(config=config, stats_view=stats_view.value, stats_encoding=stats_encoding.value, pair_stats=pair_stats, members=members, collapse_retries=collapse_retries, epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
+    opts = TrainOptions(config=config, stats_view=stats_view.value, stats_encoding=stats_encoding.value, pair_stats=pair_stats, layer_count=layer_count, members=members, collapse_retries=collapse_retries, epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
                         warmup=warmup, rank_weight=rank_weight, rank_pairs=rank_pairs.value,
                         select_on=select_on.value, balance=balance, patience=patience, train_chunks=train_chunks,
                         lir_weight=lir_weight, gap_weight=gap_weight, gap_detach=gap_detach, layer_drop=layer_drop, kind_drop=kind_drop, ema=ema,

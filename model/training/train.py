@@ -59,6 +59,7 @@ class TrainOptions:
     stats_view: str = "raw"  # the config's statistics view: raw, or relative (model.stats.relative_view)
     stats_encoding: str = "standard"  # standard (mean/std), or ple: piecewise-linear over quantile bins
     pair_stats: bool = False  # the layers' pair statistics (model.pairs) reach the encoder
+    layer_count: bool = False  # log(layer count) reaches the network embedding (SNEConfig.layer_count)
     members: int = 1  # SNEs trained from seeds seed..seed+members-1, averaged (model.sne.SNEEnsemble)
     collapse_retries: int = 2  # a member whose kept epoch predicts a constant is retrained from another seed
     epochs: int = 12
@@ -190,7 +191,7 @@ def train(
     opts = requested = check_resume(out_dir / "resume", opts, resume)
     cfg = get_config(opts.config).model_copy(update={
         "members": opts.members, "stats_view": opts.stats_view, "stats_encoding": opts.stats_encoding,
-        "pair_stats": opts.pair_stats,
+        "pair_stats": opts.pair_stats, "layer_count": opts.layer_count,
     })
     random.seed(opts.seed)
     tr = load_split(zoo_dirs, "train", cfg.chunk_size, opts.max_train, opts.seed, opts.on_bad_checkpoint, progress)
