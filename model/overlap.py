@@ -116,6 +116,13 @@ class _PieceEncoder:
         return torch.cat([self.vectors[k] for k in range(self._sent)], dim=-2)
 
     def abandon(self) -> None:
+        """Stop the worker after its current piece: pieces still queued are dropped (after an error no one
+        reads their vectors; after `finish` none is left)."""
+        try:
+            while True:
+                self.inbox.get_nowait()
+        except queue.Empty:
+            pass
         self.inbox.put(_END)
         self.thread.join()
 
