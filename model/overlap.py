@@ -27,7 +27,7 @@ from model.chunking import ChunkedCheckpoint, ChunkedLayer, Progress, chunk_file
 from model.packing import pack
 from model.sne import Encoder
 
-PIECE_CHUNKS = 1024  # chunks a piece: the last piece is what runs after the read
+PIECE_CHUNKS = 1024  # chunks a piece: the unit of work of the worker and, once the read ends, of the reader
 OVERLAP_PARAMS = 1_000_000  # below this a checkpoint is a piece or two: one forward, no worker
 _END = None
 
