@@ -192,6 +192,7 @@ def test_a_mixture_selects_and_reports_on_each_familys_tau(zoos, tmp_path):
     assert card["training"]["member_val_kendall_tau"][0] == pytest.approx(grouped, abs=1e-6)
     assert card["quality"]["grouped_kendall_tau"]["sne"] == pytest.approx(grouped, abs=1e-6)
 
+
 def _chunk_sets(layers) -> list[torch.Tensor]:
     """Per part, the multiset of chunks, each chunk as the multiset of its real values: what SNE sees up to order.
 

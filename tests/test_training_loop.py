@@ -38,6 +38,7 @@ def test_ranking_loss_within_groups_ignores_pairs_across_them():
     loss.backward()
     assert float(loss) == 0.0 and torch.equal(x.grad, torch.zeros(2))
 
+
 def test_balanced_epoch_draws_each_group_equally_often():
     group_of = torch.tensor([0] * 900 + [1] * 100)
     gen = torch.Generator().manual_seed(0)
@@ -46,6 +47,9 @@ def test_balanced_epoch_draws_each_group_equally_often():
     small = int((drawn >= 900).sum())
     assert 1700 < small < 2300  # about half of 4,000 draws (binomial sd 32), not a tenth as in the data
     assert drawn.unique().numel() > 600  # the large group is still seen widely
+
+
+def test_lr_warms_up_then_decays_to_zero():
     total, warm = 1000, 0.05
     f = [lr_factor(s, total, warm) for s in range(total)]
     assert f[0] == 1 / 50 and f[49] == 1.0  # linear warm-up over 5 % of the steps
