@@ -133,7 +133,7 @@ def read_with_vectors(
 ) -> tuple[ChunkedCheckpoint, torch.Tensor]:
     """`chunk_file`, and the part vectors of its checkpoint computed while it reads (the read takes one
     statistics worker, the encoder the other torch threads, at least one, so two threads on two cores do not
-    become three: measured in the README's benchmark; when the read ends, this thread encodes the queued pieces
+    become three: measured in docs/benchmark-history.md; when the read ends, this thread encodes the queued pieces
     beside the worker): `model(pack([ck.layers]), vectors)` is then the forward. Raises what `chunk_file` raises, or what the encoder raised."""
     threads = torch.get_num_threads()
     worker = _PieceEncoder(model, torch.device(device), max(1, threads - 1))

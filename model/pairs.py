@@ -8,7 +8,7 @@ similarity is invariant to it; it is dimensionless, and it is defined for any ar
 shapes connect (out of one = in of the next). Per-part statistics cannot see it: it lives between two layers.
 
 On the held-out families a GBM over the pooled layer statistics ranked every checkpoint at mean tau 0.458
-without these and 0.508 with them (`scripts/pair_checks.py`, README "Pair statistics").
+without these and 0.508 with them (`scripts/pair_checks.py`, docs/predictor-history.md, "Pair statistics").
 
 Cost: a Gram of at most `MAX_UNITS` units, `units^2 x fan` multiply-adds, only for weights whose neighbour in
 depth order connects; wider layers get no pair (`pair_present` 0), so the cost is bounded whatever the checkpoint

@@ -27,10 +27,10 @@ LR=${LR:-$([ "${CONFIG%%-*}" = medium ] && echo 5e-4 || echo 2e-3)}
 # vector) are permutation-invariant by construction, so its penalty is float rounding (last measured |delta
 # logit| ~1e-7) while it encodes a quarter of every batch twice. `sne train --lir-weight 1` turns it on.
 # --gap-detach: the gap head learns from a detached embedding, so the gap target does not pull the encoder away
-# from ranking accuracy (measured: val tau 0.794 vs 0.782, test 0.784 vs 0.763 for the same seeds; README).
+# from ranking accuracy (measured: val tau 0.794 vs 0.782, test 0.784 vs 0.763 for the same seeds; docs/predictor-history.md).
 # --pair-stats: each layer also carries how its weight lines up with the previous weight (model.pairs); measured
 # on these zoos against the same recipe without it: cross-family 0.534 -> 0.561, in-distribution 0.777 -> 0.794
-# (README, "Pair statistics").
+# (docs/predictor-history.md, "Pair statistics").
 TRAIN_ARGS=(--config "$CONFIG" --device "$DEVICE" --members "$MEMBERS" --epochs "$EPOCHS" --lr "$LR" --batch-size 64
             --patience 8 --train-chunks 64 --lir-weight 0 --gap-detach --pair-stats --threads 1 --max-train "$MAX_TRAIN"
             --max-eval "$MAX_EVAL")
@@ -85,9 +85,9 @@ $SNE eval --predictor runs/digits --predictor runs/shapes \
   --zoo zoos/arch1-digits --zoo zoos/arch1-shapes --zoo zoos/arch2-digits --zoo zoos/arch2-shapes \
   --out eval --update-card "${TABLE_ARGS[@]}"
 
-# The family mixture (README: tried, not shipped): the same recipe on three families, scored on every zoo,
+# The family mixture (docs/predictor-history.md: tried, not shipped): the same recipe on three families, scored on every zoo,
 # trained on every training checkpoint of the three (2,901; capped at 2,000 it ranked its families 0.025 lower:
-# README, "The family mixture"). MIX=0 skips it (~40 min of training on one core, 7 min of evaluation).
+# docs/predictor-history.md, "The family mixture"). MIX=0 skips it (~40 min of training on one core, 7 min of evaluation).
 if [ "${MIX:-1}" != 0 ]; then
   $SNE train --zoo zoos/arch1-digits --zoo zoos/mlp-digits --zoo zoos/resnet-digits --out runs/mix \
     "${TRAIN_ARGS[@]}" --max-train 3000 --max-eval 1000 --name "sne-$CONFIG-mix"

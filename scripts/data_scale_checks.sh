@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Twice the zoo (README, "Twice the zoo"): the shipped build learns from arch1-digits at 600 runs; the build
+# Twice the zoo (docs/predictor-history.md, "Twice the zoo"): the shipped build learns from arch1-digits at 600 runs; the build
 # before it (predictor 2026-12-07-54f4dea71516, commit 16029af) learned from the first 300 of them. This scores
 # that previous predictor on the shipped zoo's test split (414 checkpoints; its own was the 206 of the first
 # 300 runs, which this split contains), with every baseline fit on its own 944 training checkpoints, so

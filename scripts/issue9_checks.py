@@ -1,4 +1,4 @@
-"""Two checks behind the README's predictor-quality notes, on one zoo's splits (1 CPU thread, ~1-2 min):
+"""Two checks behind the predictor-quality notes (docs/predictor-history.md), on one zoo's splits (1 CPU thread, ~1-2 min):
 
 1. How much the conv-kernel statistics add: a GBM (the pooled baseline's regressor) over SNE's per-part
    statistics, flattened (one architecture), with and without the two `kernel_corr_*` columns.

@@ -49,3 +49,24 @@ def test_contributing_layout_matches_the_tree():
     existing = {p.name for d in ("app", "model", "benchmarks", "examples", "tests") for p in (ROOT / d).rglob("*.py")}
     named = set(re.findall(r"[\w]+\.py", block))
     assert named <= existing, f"CONTRIBUTING.md names modules that do not exist: {sorted(named - existing)}"
+
+
+def test_local_links_in_the_docs_point_at_files_that_exist():
+    """README, CONTRIBUTING and docs/ link to each other's files (the experiment history moved to docs/): a moved
+    or renamed file must not leave a dead link; `#anchor` links within the README name an anchor it has."""
+    pages = [ROOT / "README.md", ROOT / "CONTRIBUTING.md", *sorted((ROOT / "docs").glob("*.md"))]
+    assert len(pages) >= 4, "docs/ holds the predictor and benchmark histories"
+    anchors = set(re.findall(r'<a id="([\w-]+)"', README)) | {
+        re.sub(r"[^\w\- ]", "", h).strip().lower().replace(" ", "-") for h in re.findall(r"^#+ (.+)$", README, flags=re.M)
+    }
+    dead = []
+    for page in pages:
+        for target in re.findall(r"\]\(([^)\s]+)\)", page.read_text()):
+            if target.startswith(("http://", "https://", "mailto:")):
+                continue
+            path, _, anchor = target.partition("#")
+            if path and not (page.parent / path).exists():
+                dead.append(f"{page.name}: {target}")
+            elif not path and page.name == "README.md" and anchor not in anchors:
+                dead.append(f"{page.name}: {target}")
+    assert not dead, f"dead links: {dead}"
