@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from app.cli import app
@@ -66,6 +67,26 @@ def test_inspect_json_matches_the_parser(arch1):
     assert table.exit_code == 0 and f"({ckpt.n_params:,}" in table.stdout
     assert all(f"│ {layer.n_params:>10,} │" in table.stdout for layer in ckpt.layers), table.stdout
 
+
+
+def test_inspect_piped_keeps_long_layer_names_on_one_line(tmp_path):
+    """Piped into a CI log (not a terminal, no COLUMNS), rich would fold a 60-character layer name into
+    seven-character pieces at its default 80 columns; the CLI prints 160 wide there instead."""
+    import os
+
+    from safetensors.torch import save_file
+
+    name = "encoder.transformer.blocks.11.attention.output_projection_dense"
+    path = tmp_path / "long.safetensors"
+    save_file({f"{name}.weight": torch.randn(8, 4), "head.weight": torch.randn(2, 8)}, path)
+    env = {k: v for k, v in os.environ.items() if k != "COLUMNS"}
+    res = subprocess.run([sys.executable, "-m", "app.cli", "inspect", str(path)], cwd=ROOT, env=env,
+                         capture_output=True, text=True, check=False)
+    assert res.returncode == 0, res.stderr
+    assert name in res.stdout, res.stdout
+    narrow = subprocess.run([sys.executable, "-m", "app.cli", "inspect", str(path)], cwd=ROOT,
+                            env={**env, "COLUMNS": "80"}, capture_output=True, text=True, check=False)
+    assert narrow.returncode == 0 and name not in narrow.stdout  # COLUMNS still rules: the fold is real
 
 def test_encode_json_matches_the_predictor(arch1):
     res = sne("encode", arch1, "--json")

@@ -7,6 +7,8 @@ so `sne --help` loads no model) and answer with `typer.BadParameter`, which type
 from __future__ import annotations
 
 import functools
+import os
+import sys
 from collections.abc import Callable
 from enum import Enum
 from pathlib import Path
@@ -17,8 +19,24 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-console = Console()
-err = Console(stderr=True)
+
+def is_tty(stderr: bool = False) -> bool:
+    """Whether stdout (or stderr) is a terminal; a closed or replaced stream is not."""
+    stream = sys.stderr if stderr else sys.stdout
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
+def log_width(stderr: bool = False) -> int | None:
+    """Rich's width for a stream: its own measure on a terminal or where COLUMNS is set, else 160, because CI
+    logs and pipes are not terminals and rich would fold a table's layer names at its default 80 columns."""
+    return None if is_tty(stderr) or "COLUMNS" in os.environ else 160
+
+
+console = Console(width=log_width())
+err = Console(stderr=True, width=log_width(stderr=True))
 
 EXIT_USAGE = 2
 DEBUG = {"on": False}  # set by the global --debug option

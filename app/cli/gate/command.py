@@ -4,13 +4,12 @@ from __future__ import annotations
 import json
 import math
 import os
-import sys
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from app.cli.common import fail
+from app.cli.common import fail, log_width
 from app.cli.gate.client import API_KEY_ENV, DEFAULT_TIMEOUT, DEFAULT_URL, gate_remote
 from app.cli.gate.local import gate_local
 from app.cli.gate.render import (
@@ -21,14 +20,6 @@ from app.cli.gate.render import (
     report_json,
 )
 from app.cli.gate.verdict import error_verdict, exit_code, warnings_for
-
-
-def out_is_tty(stderr: bool = False) -> bool:
-    stream = sys.stderr if stderr else sys.stdout
-    try:
-        return stream.isatty()
-    except (AttributeError, ValueError):
-        return False
 
 
 def _check_min_accuracy(value: float) -> float:
@@ -89,9 +80,8 @@ def gate_command(
     from rich.console import Console
     from rich.markup import escape
 
-    wide = None if "COLUMNS" in os.environ else 160  # CI logs are not terminals: don't fold at 80
-    out = Console(width=None if out_is_tty() else wide)
-    err = Console(stderr=True, width=None if out_is_tty(stderr=True) else wide)
+    out = Console(width=log_width())  # made here, not at import: a test runner swaps the streams per call
+    err = Console(stderr=True, width=log_width(stderr=True))
     _check_min_accuracy(min_accuracy)  # also when called as a plain function
     if not files:
         fail("no files to gate")
