@@ -8,13 +8,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from app.encoding import Encoding, StageTimes
 from app.parsing import ParsedCheckpoint, parse_upload
 from app.schemas import EncodeResponse, encode_response
 from app.settings import Settings
 from model.errors import CheckpointError
+from model.overlap import batch_vectors
 from model.packing import pack
 from model.predictor import Predictor
 
@@ -79,9 +78,9 @@ def parse_file(source: Path | bytes, predictor: Predictor, settings: Settings | 
 def encode_parsed(parsed: Sequence[ParsedCheckpoint], predictor: Predictor) -> list[EncodeResponse]:
     """One packed forward over already-parsed checkpoints; one `/v1/encode` body per checkpoint."""
     t0 = time.perf_counter()
-    vectors = [p.vectors for p in parsed if p.vectors is not None]
-    together = torch.cat(vectors, dim=-2) if len(vectors) == len(parsed) else None  # all read overlapped, or none
-    predictions = predictor.predict_packed(pack([p.chunked for p in parsed]), vectors=together)
+    layers = [p.chunked for p in parsed]
+    together = batch_vectors(predictor.model, layers, [p.vectors for p in parsed], predictor.device)
+    predictions = predictor.predict_packed(pack(layers), vectors=together)
     encode_ms = (time.perf_counter() - t0) * 1000
     out = []
     for p, prediction in zip(parsed, predictions):

@@ -43,7 +43,7 @@ def parse_upload(
 ) -> ParsedCheckpoint:
     """Admit and chunk one checkpoint with the predictor's chunk size; samples are seeded by `sha256`. With
     `overlap`, a large file's parts' chunk-path vectors are also computed while it is read (`model.overlap`;
-    the CLI asks for this, the service's batched worker encodes every upload itself).
+    the CLI asks for this, and the service unless SNE_OVERLAP_READS is off or its forward autocasts).
 
     Whatever else goes wrong while reading an upload (a library limit, an overflow, memory) is the file's
     fault too: it becomes a `CheckpointError` (422), never a 500.
@@ -52,6 +52,8 @@ def parse_upload(
         return _parse(source, sha256, predictor, limits, progress, overlap)
     except CheckpointError:
         raise
+    except torch.OutOfMemoryError:  # the chunk path of an overlapped read, on the encoder's device
+        raise CheckpointError(Reason.too_large_to_encode, "this checkpoint does not fit in the encoder's device memory") from None
     except MemoryError:
         raise CheckpointError(Reason.too_large_to_parse, "the checkpoint needs more memory to read than this service has") from None
     except Exception as e:  # noqa: BLE001 - the upload is untrusted input: every failure is a refusal

@@ -41,6 +41,8 @@ class EncodeService:
         self.settings = settings
         self._parse_slots = parse_slots or asyncio.Semaphore(settings.parse_workers)
         self._limits = settings.limits()
+        # a large upload's chunk path runs beside its read (model.overlap), in fp32: not where the forward autocasts
+        self._overlap = settings.overlap_reads and worker.autocast is None
         self._inflight: dict[str, asyncio.Task] = {}
         self._closing = False
 
@@ -108,7 +110,7 @@ class EncodeService:
 
         def job() -> ParsedCheckpoint:
             try:
-                return parse_upload(source, sha256, self.predictor, self._limits)
+                return parse_upload(source, sha256, self.predictor, self._limits, overlap=self._overlap)
             finally:
                 loop.call_soon_threadsafe(self._parse_slots.release)
 

@@ -100,6 +100,10 @@ class Settings(BaseSettings):
         30.0, ge=0, description="On shutdown, how long the worker may take to finish queued and in-flight encodes."
     )
     warmup: bool = Field(True, description="Run one tiny forward at start-up so the first request is not slow.")
+    overlap_reads: bool = Field(
+        True, description="Encode a large upload's chunks while it is read (1 M parameters or more, as `sne encode`): "
+        "its chunk path runs in the parse stage, the batched forward does the rest. Only at full precision."
+    )
     torch_threads: int | None = Field(
         None, ge=1, description="torch intra-op threads of the encoder (torch's default when unset)."
     )

@@ -29,6 +29,7 @@ from app.encoding import StageTimes
 from app.errors import APIError, Reason
 from app.metrics import BATCH_SIZE, ENCODE_DURATION, QUEUE_DEPTH
 from app.parsing import ParsedCheckpoint
+from model.overlap import batch_vectors
 from model.packing import pack
 from model.predictor import Prediction, Predictor
 
@@ -227,9 +228,12 @@ class BatchWorker:
                     job.future.set_result((res, times))
 
     def _forward(self, items: list[ParsedCheckpoint]) -> list[Prediction | BaseException]:
-        """Runs in the forward thread: pack + one forward; on failure, each checkpoint alone."""
+        """Runs in the forward thread: pack + one forward (the chunk path only of the checkpoints not read
+        overlapped, `model.overlap.batch_vectors`); on failure, each checkpoint alone."""
         try:
-            return list(self.predictor.predict_packed(pack([p.chunked for p in items]), self.autocast))
+            layers = [p.chunked for p in items]
+            vectors = batch_vectors(self.predictor.model, layers, [p.vectors for p in items], self.predictor.device)
+            return list(self.predictor.predict_packed(pack(layers), self.autocast, vectors))
         except Exception as e:
             if len(items) == 1:
                 log.exception("encoder forward failed for %s", items[0].sha256)

@@ -43,9 +43,11 @@ def run_service(paths: dict[str, Path], timeout_s: float = 300.0) -> None:
     max_upload = max(4 << 30, max(p.stat().st_size for p in paths.values()) + (1 << 20))
     limit = str(timeout_s)
     env = {"SNE_MAX_UPLOAD_BYTES": str(max_upload), "SNE_TORCH_THREADS": os.environ.get("OMP_NUM_THREADS", "2"),
-           "SNE_PARSE_TIMEOUT_SECONDS": limit, "SNE_ENCODE_TIMEOUT_SECONDS": limit, "SNE_BODY_TIMEOUT_SECONDS": limit}
+           "SNE_PARSE_TIMEOUT_SECONDS": limit, "SNE_ENCODE_TIMEOUT_SECONDS": limit, "SNE_BODY_TIMEOUT_SECONDS": limit,
+           "SNE_OVERLAP_READS": os.environ.get("SNE_OVERLAP_READS", "true")}  # the one setting taken from the caller
     print(f"## Real checkpoints through the service (`sne serve`, SNE_MAX_UPLOAD_BYTES={max_upload}, "
-          f"SNE_TORCH_THREADS={os.environ.get('OMP_NUM_THREADS', '2')}, parse/encode/body timeouts {timeout_s:.0f} s)")
+          f"SNE_TORCH_THREADS={os.environ.get('OMP_NUM_THREADS', '2')}, SNE_OVERLAP_READS={env['SNE_OVERLAP_READS']}, "
+          f"parse/encode/body timeouts {timeout_s:.0f} s)")
     print("Each file streamed from disk as `application/octet-stream`; seconds are the whole request, upload included;")
     print("parse and forward are the server's own `timings` (the rest is the upload: receiving, hashing, spooling);")
     print("server peak RSS is its VmHWM after that request (a running peak over the run).\n")

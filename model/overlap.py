@@ -42,7 +42,7 @@ def read(
     progress: Progress | None = None, device: torch.device | str = "cpu",
 ) -> tuple[ChunkedCheckpoint, torch.Tensor | None]:
     """`read_with_vectors` where the header says it pays (`worth_overlapping`), else `chunk_file` and no
-    vectors: how `sne encode` and the benchmark read. A header that cannot be read raises what `chunk_file`
+    vectors: how `sne encode`, the service and the benchmark read. A header that cannot be read raises what `chunk_file`
     would (the same `CheckpointFile` check)."""
     if worth_overlapping(read_header(source, limits).n_params, model):
         return read_with_vectors(source, model, chunk_size, limits, seed, progress, device)
@@ -125,6 +125,22 @@ class _PieceEncoder:
             pass
         self.inbox.put(_END)
         self.thread.join()
+
+
+def batch_vectors(
+    model: Encoder, checkpoints: list[list[ChunkedLayer]], vectors: list[torch.Tensor | None], device: torch.device | str
+) -> torch.Tensor | None:
+    """The chunk-path vectors of a packed batch of `checkpoints`, in `pack`'s order: each checkpoint's own
+    where it was read overlapped, computed here, one checkpoint at a time, where not. None when none was read
+    overlapped: the forward then computes them all in one go, as it would without this module. So a batch that
+    mixes large uploads (read overlapped) with small ones reuses the large ones' vectors."""
+    if all(v is None for v in vectors):
+        return None
+    out = []
+    with torch.no_grad():
+        for layers, v in zip(checkpoints, vectors, strict=True):
+            out.append(v.to(device) if v is not None else model.part_vectors(pack([layers]).to(device)))
+    return torch.cat(out, dim=-2)
 
 
 def read_with_vectors(

@@ -164,3 +164,60 @@ def test_the_reader_takes_queued_pieces_when_the_read_ends_with_the_same_bits(tm
     with torch.no_grad():
         both = pred.model(pack([chunk_file(path, 16, Limits(), "seed").layers]), helped)
     assert torch.allclose(plain.embedding, both.embedding, atol=1e-5)
+
+
+def test_a_mixed_batch_reuses_the_overlapped_vectors(tmp_path, pred, monkeypatch):
+    """A batch of one large upload (read overlapped) and one small: the large one's vectors are used as they
+    are, only the small one's chunk path runs in the forward's stage, and each answer equals its solo one."""
+    from app.parsing import parse_upload
+    from app.worker import BatchWorker
+
+    monkeypatch.setattr(overlap, "OVERLAP_PARAMS", 1_000)
+    _mlp(tmp_path / "big.safetensors", widths=(128, 96, 128, 80, 64, 10))
+    _mlp(tmp_path / "small.safetensors", seed=1)
+    big = parse_upload(tmp_path / "big.safetensors", "a" * 64, pred, Limits(), overlap=True)
+    small = parse_upload(tmp_path / "small.safetensors", "b" * 64, pred, Limits(), overlap=False)
+    assert big.vectors is not None and small.vectors is None
+    assert overlap.batch_vectors(pred.model, [small.chunked], [None], pred.device) is None  # none: the forward's job
+    worker = BatchWorker(pred)
+    solo = [worker._forward([p])[0] for p in (big, small)]
+    calls = []
+    part_vectors = pred.model.part_vectors
+    monkeypatch.setattr(pred.model, "part_vectors", lambda batch: calls.append(batch.n_checkpoints) or part_vectors(batch))
+    together = worker._forward([big, small])
+    assert calls == [1]  # the small checkpoint's chunk path alone; the big one's vectors were reused
+    for got, want in zip(together, solo):
+        assert not isinstance(got, BaseException) and not isinstance(want, BaseException)
+        assert abs(got.accuracy - want.accuracy) < 1e-5
+        assert got.embedding == pytest.approx(want.embedding, abs=1e-5)
+    swapped = worker._forward([small, big])  # the vectors follow their checkpoint, whatever the order
+    assert swapped[0].embedding == pytest.approx(solo[1].embedding, abs=1e-5)
+    assert swapped[1].embedding == pytest.approx(solo[0].embedding, abs=1e-5)
+
+
+@pytest.mark.anyio
+async def test_the_service_reads_large_uploads_overlapped_with_the_cli_answer(tmp_path, pred, monkeypatch):
+    """`POST /v1/encode` of a large file (here: over a lowered threshold) runs its chunk path beside the read, as
+    `sne encode` does, and answers what the CLI answers; SNE_OVERLAP_READS=false reads, then encodes."""
+    from tests.conftest import running_app, settings_for
+
+    monkeypatch.setattr(overlap, "OVERLAP_PARAMS", 1_000)
+    monkeypatch.setattr(overlap, "PIECE_CHUNKS", 200)  # several pieces
+    path = tmp_path / "m.safetensors"
+    _mlp(path, widths=(128, 96, 128, 80, 64, 10))
+    (cli,) = encode_parsed([parse_file(path, pred)], pred)
+    reads = []
+    read_with_vectors = overlap.read_with_vectors
+    monkeypatch.setattr(overlap, "read_with_vectors", lambda *a, **k: reads.append(1) or read_with_vectors(*a, **k))
+    headers = {"Content-Type": "application/octet-stream"}
+    async with running_app(settings_for(None, warmup=False)) as client:
+        r = await client.post("/v1/encode", content=path.read_bytes(), headers=headers)
+    assert r.status_code == 200, r.text
+    assert reads == [1]
+    body = r.json()
+    assert body["sha256"] == cli.sha256 and abs(body["predicted_accuracy"] - cli.predicted_accuracy) < 1e-6
+    assert body["embedding"] == pytest.approx(cli.embedding, abs=1e-6)
+    async with running_app(settings_for(None, warmup=False, overlap_reads=False)) as client:
+        off = await client.post("/v1/encode", content=path.read_bytes(), headers=headers)
+    assert off.status_code == 200 and reads == [1]  # not read overlapped
+    assert off.json()["embedding"] == pytest.approx(cli.embedding, abs=1e-5)  # the same answer, to rounding
