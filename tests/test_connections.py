@@ -161,7 +161,7 @@ async def test_request_id_generated_echoed_and_logged(svc_predictor_dir, caplog,
         r = await client.get("/healthz", headers={"X-Request-ID": "bad id\twith spaces"})
         assert r.headers["x-request-id"] != "bad id\twith spaces" and len(r.headers["x-request-id"]) == 32
         # an unexpected failure while reading: the parse guard logs it (in the parse thread) and answers 422
-        monkeypatch.setattr(app.parsing, "chunk_file", unexpected)
+        monkeypatch.setattr(app.parsing, "_parse", unexpected)  # the read, overlapped or not
         r = await client.post("/v1/encode", content=ckpt_bytes("mlp", unique_seed()), headers={"X-Request-ID": "nan-65"})
         assert r.status_code == 422 and r.json()["error"]["reason"] == "unparseable"
     lines = [rec for rec in caplog.records if rec.name.startswith("sne") and "could not be parsed" in rec.getMessage()]
