@@ -221,3 +221,21 @@ async def test_the_service_reads_large_uploads_overlapped_with_the_cli_answer(tm
         off = await client.post("/v1/encode", content=path.read_bytes(), headers=headers)
     assert off.status_code == 200 and reads == [1]  # not read overlapped
     assert off.json()["embedding"] == pytest.approx(cli.embedding, abs=1e-5)  # the same answer, to rounding
+
+
+def test_the_encoder_running_out_of_device_memory_while_reading_is_a_422(tmp_path, pred, monkeypatch):
+    """An overlapped read runs the encoder in the parse stage: its out-of-memory is the service's
+    `too_large_to_encode` (422), as in the forward, not `unparseable`."""
+    from app.parsing import parse_upload
+
+    monkeypatch.setattr(overlap, "OVERLAP_PARAMS", 1_000)
+    _mlp(tmp_path / "m.safetensors")
+
+    def oom(batch):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(pred.model, "part_vectors", oom)
+    with pytest.raises(CheckpointError) as e:
+        parse_upload(tmp_path / "m.safetensors", "c" * 64, pred, Limits(), overlap=True)
+    assert e.value.reason == "too_large_to_encode"
+    assert not [t for t in threading.enumerate() if t.name == "sne-pieces"]
