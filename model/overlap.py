@@ -49,6 +49,12 @@ def read(
     return chunk_file(source, chunk_size, limits, seed, progress, with_pairs=model.cfg.pair_stats), None
 
 
+def part_vectors(model: Encoder, layers: list[ChunkedLayer], device: torch.device | str) -> torch.Tensor:
+    """The chunk-path vectors of `layers`' parts (a piece, or a whole checkpoint), without a graph."""
+    with torch.no_grad():
+        return model.part_vectors(pack([layers]).to(device))
+
+
 class _PieceEncoder:
     """The reader cuts layers into numbered pieces (`put`, on the reader's thread) and the worker thread
     encodes them with `model.part_vectors` as they come. When the read ends, the reader's thread joins in on
@@ -77,8 +83,7 @@ class _PieceEncoder:
         self._piece, self._chunks, self._sent = [], 0, self._sent + 1
 
     def _encode(self, number: int, piece: list[ChunkedLayer]) -> None:
-        with torch.no_grad():
-            self.vectors[number] = self.model.part_vectors(pack([piece]).to(self.device))
+        self.vectors[number] = part_vectors(self.model, piece, self.device)
 
     def _run(self) -> None:
         """Pieces until the end mark; on an error, stop (later pieces wait in the queue, which the reader's
@@ -136,10 +141,8 @@ def batch_vectors(
     mixes large uploads (read overlapped) with small ones reuses the large ones' vectors."""
     if all(v is None for v in vectors):
         return None
-    out = []
-    with torch.no_grad():
-        for layers, v in zip(checkpoints, vectors, strict=True):
-            out.append(v.to(device) if v is not None else model.part_vectors(pack([layers]).to(device)))
+    out = [v.to(device) if v is not None else part_vectors(model, layers, device)
+           for layers, v in zip(checkpoints, vectors, strict=True)]
     return torch.cat(out, dim=-2)
 
 
