@@ -28,6 +28,11 @@ from model.training.examples import load_split, predict_examples
 ALPHA = 1.0 - float(DEFAULT_LEVEL)
 
 
+def served_q(pred: Predictor) -> float:
+    """The scale of the served (normalised) interval, as the card holds it."""
+    return float((pred.card.conformal.model_extra or {})["normalized"]["accuracy"][DEFAULT_LEVEL])
+
+
 def scored(pred: Predictor, zoos: list[Path], splits: tuple[str, ...]) -> dict[str, np.ndarray]:
     """Predictions, truth, served sigma(x) and run of every checkpoint of `splits`."""
     ex = [e for s in splits for e in load_split(zoos, s, pred.config.chunk_size).examples]
@@ -35,7 +40,7 @@ def scored(pred: Predictor, zoos: list[Path], splits: tuple[str, ...]) -> dict[s
     half = pred.normalized_half_widths(out["emb"])
     if half is None:
         raise SystemExit("the predictor's card has no normalised interval")
-    q = float((pred.card.conformal.model_extra or {})["normalized"]["accuracy"][DEFAULT_LEVEL])
+    q = served_q(pred)
     runs = {lab.path.resolve(): f"{z}:{lab.run}" for z in zoos for lab in read_labels(z)}
     return {"pred": out["acc"], "true": np.array([e.acc for e in ex]), "sigma": half / q,
             "run": np.array([runs.get(Path(e.path).resolve(), e.path) for e in ex])}
@@ -73,8 +78,7 @@ def main() -> None:
         fresh = scored(pred, [a.fresh_zoo], ("train", "val", "test"))
         for name, q in qs.items():
             print(line(f"{name} → every checkpoint of the fresh zoo", q, fresh))
-        served = float((pred.card.conformal.model_extra or {})["normalized"]["accuracy"][DEFAULT_LEVEL])
-        print(line("the card's own q (served) → every checkpoint of the fresh zoo", served, fresh))
+        print(line("the card's own q (served) → every checkpoint of the fresh zoo", served_q(pred), fresh))
 
 
 if __name__ == "__main__":
